@@ -1,0 +1,48 @@
+"""What every command shares: one-line errors with exit status 1, tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+def run_main(body: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    try:
+        return body(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - the one place that turns exceptions into messages
+        from ml4f.compiler.diagnostics import CompileError
+
+        if debug:
+            raise
+        if isinstance(e, CompileError):
+            print(e.render(), file=sys.stderr)
+            return 1
+        if isinstance(e, OSError) and e.filename:
+            print(f"{e.filename}: error: {e.strerror}", file=sys.stderr)
+            return 1
+        print(f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return 2
+
+
+def read_text(path: str) -> str:
+    from ml4f.compiler.diagnostics import CompileError, Loc
+
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise CompileError("no such file", Loc(path)) from None
+    except UnicodeDecodeError as e:
+        raise CompileError(f"not a text file ({e.reason} at byte {e.start})", Loc(path)) from None

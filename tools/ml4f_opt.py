@@ -1,0 +1,204 @@
+"""ml4f-opt: run passes on any dialect file, like mlir-opt.
+
+Imports stay inside functions so that `--help` answers before NumPy or Lark load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from ml4f.tools._cli import read_text, run_main
+
+SPLIT_MARKER = re.compile(r"^// -----\s*$", re.M)
+
+HELP_EPILOG = """\
+passes: any registered pass also works as a flag, `--NAME` or `--NAME=VALUE` (the value goes to the
+pass's first option), e.g. `--fold-batchnorm` or `--tile=4,4`; see --list-passes.
+diagnostics: with --verify-diagnostics, comments `// expected-error {{text}}` (optionally
+`@+N`/`@-N` for another line) state the errors a file must produce; the run passes when they match.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ml4f-opt", description="Run ml4f passes on a .l4f file.",
+                                epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", nargs="?", default="-", help="input .l4f file ('-' for stdin)")
+    p.add_argument("-p", "--pass-pipeline", default="", help="passes, e.g. 'a,b{k=v k2=v2}'")
+    p.add_argument("-o", "--output", default="-", help="output file (default stdout)")
+    p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--verify-each", dest="verify_each", action="store_true", default=True,
+                   help="verify the IR after each pass (default)")
+    p.add_argument("--no-verify-each", dest="verify_each", action="store_false")
+    p.add_argument("--split-input-file", action="store_true",
+                   help="process each chunk between '// -----' lines on its own")
+    p.add_argument("--verify-diagnostics", action="store_true",
+                   help="check errors against expected-error comments")
+    p.add_argument("--elide-weights", action="store_true", help="print resources as __elided__")
+    p.add_argument("--list-ops", action="store_true", help="list every op with its documentation")
+    p.add_argument("--list-passes", action="store_true", help="list every pass with its options")
+    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    flag_passes = []
+    for item in extra:
+        m = re.fullmatch(r"--([A-Za-z0-9_-]+)(?:=(.*))?", item)
+        if not m:
+            parser.error(f"unrecognized argument: {item}")
+        flag_passes.append((m.group(1), m.group(2)))
+
+    if args.list_ops:
+        return list_ops()
+    if args.list_passes:
+        return list_passes()
+
+    from ml4f.compiler.passes import PassManager, make_pass, load_all_passes, parse_pipeline
+    import dataclasses
+    from ml4f.compiler.diagnostics import CompileError
+
+    passes = []
+    for name, value in flag_passes:
+        known = load_all_passes()
+        if name not in known:
+            parser.error(f"unrecognized argument: --{name} (not an option nor a pass; see --list-passes)")
+        opts = {}
+        if value is not None:
+            fields = dataclasses.fields(known[name])
+            if not fields:
+                parser.error(f"pass --{name} takes no value")
+            opts[fields[0].name] = value
+        passes.append(make_pass(name, opts))
+    if args.pass_pipeline:
+        passes.extend(parse_pipeline(args.pass_pipeline))
+
+    text = read_text(args.file)
+    file = "<stdin>" if args.file == "-" else args.file
+    chunks = _split(text) if args.split_input_file else [(text, 0)]
+    outputs: list[str] = []
+    failures = 0
+    for chunk, line_offset in chunks:
+        if args.verify_diagnostics:
+            failures += _check_diagnostics(chunk, file, line_offset, passes, args)
+            continue
+        outputs.append(_process(chunk, file, line_offset, passes, args))
+    if args.verify_diagnostics:
+        return 1 if failures else 0
+    result = "// -----\n".join(outputs)
+    if args.output == "-":
+        sys.stdout.write(result)
+    else:
+        try:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(result)
+        except OSError as e:
+            raise CompileError(f"cannot write output: {e.strerror}") from None
+    return 0
+
+
+def _split(text: str) -> list[tuple[str, int]]:
+    chunks, start, line = [], 0, 0
+    for m in SPLIT_MARKER.finditer(text):
+        chunks.append((text[start:m.start()], line))
+        line += text[start:m.end()].count("\n") + 1
+        start = m.end() + 1
+    chunks.append((text[start:], line))
+    return chunks
+
+
+def _process(text: str, file: str, line_offset: int, passes: list, args: argparse.Namespace) -> str:
+    from ml4f.compiler.context import Context
+    from ml4f.compiler.parser import parse
+    from ml4f.compiler.passes import PassManager, verify_module
+    from ml4f.compiler.printer import print_module
+
+    ctx = Context()
+    module = parse(text, file, ctx, line_offset)
+    verify_module(module)
+
+    def dump(name: str, m) -> None:
+        sys.stderr.write(f"// -----// IR Dump After {name} //----- //\n")
+        sys.stderr.write(print_module(m, elide_weights=True))
+
+    PassManager(passes, verify_each=args.verify_each,
+                print_after_all=dump if args.print_after_all else None).run(ctx, module)
+    return print_module(module, elide_weights=args.elide_weights)
+
+
+_EXPECT = re.compile(r"//\s*expected-(error|warning|note)\s*(@[+-]?\d+)?\s*\{\{(.*?)\}\}")
+
+
+def _check_diagnostics(text: str, file: str, line_offset: int, passes: list,
+                       args: argparse.Namespace) -> int:
+    """Run one chunk; its errors must be exactly the expected-error comments (line and text)."""
+    from ml4f.compiler.diagnostics import CompileError
+
+    expected = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        for m in _EXPECT.finditer(line):
+            if m.group(1) != "error":
+                continue
+            off = m.group(2)
+            target = i + (int(off[1:]) if off else 0)
+            expected.append((target + line_offset, m.group(3)))
+    try:
+        _process(text, file, line_offset, passes, args)
+        got = None
+    except CompileError as e:
+        got = e
+    if got is None:
+        for line, msg in expected:
+            print(f"{file}:{line}: error: expected error \"{msg}\" was not produced", file=sys.stderr)
+        return len(expected)
+    if not expected:
+        print(f"unexpected {got.render()}", file=sys.stderr)
+        return 1
+    for line, msg in expected:
+        if got.loc.line == line and msg in got.one_line():
+            return 0
+    print(f"{got.loc}: error: produced \"{got.one_line()}\", but expected "
+          + "; ".join(f"line {ln}: \"{msg}\"" for ln, msg in expected), file=sys.stderr)
+    return 1
+
+
+def list_ops() -> int:
+    from ml4f.compiler.context import Context
+
+    for dialect in Context().all_dialects():
+        print(f"{dialect.name} dialect")
+        for cls in dialect.ops:
+            doc = " ".join((cls.__doc__ or "").split())
+            summary, _, example = doc.partition("Example:")
+            print(f"  {cls.name:<28} {summary.strip()}")
+            if example:
+                print(f"  {'':<28} e.g. {example.strip()}")
+            attrs = [f"{k}{'' if not d.optional else '?'}: {d.kind.description}"
+                     for k, d in cls._attr_defs.items()]
+            if attrs:
+                print(f"  {'':<28} attributes: " + "; ".join(attrs))
+    return 0
+
+
+def list_passes() -> int:
+    import dataclasses
+
+    from ml4f.compiler.passes import load_all_passes
+
+    for name, cls in sorted(load_all_passes().items()):
+        doc = " ".join((cls.__doc__ or "").split())
+        print(f"  {name:<24} {doc}")
+        for f in dataclasses.fields(cls):
+            print(f"  {'':<24}   {f.name} = {f.default!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
