@@ -318,12 +318,18 @@ class Operation:
             root = root.origin
         if root is not None:
             note = f"lowered from {root.display_name()}"
-        return CompileError(f"{self.display_name()}: {message}", self.loc, note)
+        who = self.name if self.loc.layer else self.display_name()
+        return CompileError(f"{who}: {message}", self.loc, note)
 
     # -- verification
 
     def verify(self) -> None:
         """Generic checks from the declarations, then the op's own `verify_()`."""
+        self.verify_declared()
+        self.verify_()
+
+    def verify_declared(self, results: bool = True) -> None:
+        """Operand and result counts, attribute names and kinds, regions, symbol."""
         defs = self._operand_defs
         if defs and defs[-1].variadic:
             if len(self.operands) < len(defs) - 1:
@@ -331,7 +337,7 @@ class Operation:
         elif len(self.operands) != len(defs):
             raise self.error(f"expects {len(defs)} operand{'s' if len(defs) != 1 else ''}, "
                              f"got {len(self.operands)}")
-        if self.num_results is not None and len(self.results) != self.num_results:
+        if results and self.num_results is not None and len(self.results) != self.num_results:
             raise self.error(f"expects {self.num_results} result(s), got {len(self.results)}")
         for k, v in self.attributes.items():
             d = self._attr_defs.get(k)
@@ -347,7 +353,6 @@ class Operation:
             raise self.error(f"expects {len(self._region_defs)} region(s), got {len(self.regions)}")
         if self.has_symbol and not self.symbol:
             raise self.error("needs a symbol name (@name)")
-        self.verify_()
 
     def verify_(self) -> None:
         """Op-specific rules; raise `self.error(...)`."""
