@@ -43,7 +43,8 @@ class CompileError(Exception):
         self.note = note
 
     def one_line(self) -> str:
-        text = f"{self.loc}: error: {self.message}"
+        # Errors about options (a pass pipeline, a flag) have no place in a file to point at.
+        text = f"{self.loc}: error: {self.message}" if self.loc != UNKNOWN_LOC else f"error: {self.message}"
         if self.note:
             text += f" ({self.note})"
         return text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import re
 from importlib import resources as importlib_resources
 from typing import Any
 
@@ -21,6 +22,7 @@ _TERMINAL_NAMES = {
     "STRING": "a string", "HEX": "hex data", "ELIDED": "__elided__", "_NL": "end of line",
     "EQUAL": "'='", "COMMA": "','", "COLON": "':'", "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['",
     "RSQB": "']'", "LESSTHAN": "'<'", "MORETHAN": "'>'", "$END": "end of file",
+    "<END-OF-FILE>": "end of file",
 }
 
 
@@ -68,6 +70,9 @@ def _describe(e: Exception, text: str) -> str:
     else:
         found = "end of file"
     names = sorted({_TERMINAL_NAMES.get(t, t.lower()) for t in expected if not t.startswith("__")})
+    pos = getattr(e, "pos_in_stream", None) or 0
+    if names == ["end of file"] and re.search(r"^resources\s*\{", text[:pos], re.M):
+        return f"unexpected {found} after the resources section (it must come last, once per file)"
     if not names:
         return f"unexpected {found}"
     return f"unexpected {found}, expected " + (names[0] if len(names) == 1 else
@@ -232,7 +237,10 @@ class _Builder:
                 hexdigits = str(data_tok)[2:]
                 dtype = numpy_dtype(t.elem)
                 expected = t.size * dtype.itemsize
-                if len(hexdigits) % 2 or len(hexdigits) // 2 != expected:
+                if len(hexdigits) % 2:
+                    raise CompileError(f"resource '{name}' has an odd number of hex digits "
+                                       f"({len(hexdigits)}; truncated or corrupt blob?)", self.loc(data_tok))
+                if len(hexdigits) // 2 != expected:
                     raise CompileError(f"resource '{name}' has {len(hexdigits) // 2} bytes of data but "
                                        f"{t} needs {expected} (truncated or corrupt blob?)",
                                        self.loc(data_tok))

@@ -141,6 +141,9 @@ def parse_type(text: str) -> Type:
             if not m:
                 break
             dims.append(int(m.group(1)))
+            if dims[-1] >= 2**31:
+                # Sizes are computed in int64 (NumPy); no tensor on a microcontroller comes close.
+                raise TypeSyntaxError(f"dimension {dims[-1]} in '{text}' is too large")
             body = body[m.end():]
         if not body:
             raise TypeSyntaxError(f"tensor type '{text}' has no element type")

@@ -13,10 +13,11 @@ bit-exact integer kernels of `layer_int8`.
 
 from __future__ import annotations
 
-from typing import ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 
+from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.ir import (Bool, Dialect, Enum, Float, Int, Ints, IntsList, Operation, Str,
                               Weights, attr, operand, region, var_operand)
 from ml4f.compiler.types import QuantType, TensorType, Type, f32
@@ -112,6 +113,60 @@ def same_pad_before(size: int, k: int, stride: int, dilation: int) -> int:
     return total // 2
 
 
+# ----------------------------------------------------------------------------- float reference helpers
+# The float references accumulate in float64 and round once to float32 at the end, so that their
+# own rounding error is far below the framework's and the comparison measures the framework's.
+
+
+def _weights(op: LayerOp, key: str) -> np.ndarray | None:
+    """The weight attribute `key` as float64 (f16 weights are widened exactly), or None if absent."""
+    res = op.get_attr(key)
+    if res is None:
+        return None
+    try:
+        data = res.array()
+    except CompileError as e:
+        raise op.error(e.message) from None
+    return np.asarray(data, dtype=np.float64)
+
+
+def _activate(y: np.ndarray, activation: str) -> np.ndarray:
+    """The fused activation, applied after the bias."""
+    if activation == "relu":
+        return np.maximum(y, 0.0)
+    if activation == "relu6":
+        return np.clip(y, 0.0, 6.0)
+    return y
+
+
+def _pad_spatial(x: np.ndarray, window: Sequence[int], strides: Sequence[int], dilation: Sequence[int],
+                 padding: str, value: float = 0.0) -> np.ndarray:
+    """`x` [1, *spatial, C] padded for 'same' as TF does (the odd extra element goes after)."""
+    if padding != "same":
+        return x
+    pads = [(0, 0)]
+    for n, k, s, d in zip(x.shape[1:-1], window, strides, dilation):
+        eff = (k - 1) * d + 1
+        total = max((-(-n // s) - 1) * s + eff - n, 0)
+        pads.append((total // 2, total - total // 2))
+    pads.append((0, 0))
+    return np.pad(x, pads, constant_values=value)
+
+
+def _windows(x: np.ndarray, window: Sequence[int], strides: Sequence[int], dilation: Sequence[int],
+             out: Sequence[int]) -> np.ndarray:
+    """A strided view [*out, C, *window] of the (already padded) x [1, *spatial, C]: element
+    [o..., c, k...] is x[0, o*stride + k*dilation ..., c]. No copy is made."""
+    spatial = len(window)
+    eff = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
+    v = np.lib.stride_tricks.sliding_window_view(x[0], eff, axis=tuple(range(spatial)))
+    index = (*(slice(0, o * s, s) for o, s in zip(out, strides)), slice(None),
+             *(slice(None, None, d) for d in dilation))
+    v = v[index]
+    assert v.shape[:spatial] == tuple(out), (v.shape, out)
+    return v
+
+
 # ----------------------------------------------------------------------------- structure
 
 
@@ -129,6 +184,9 @@ class Model(Operation):
 
     def verify_(self) -> None:
         ops = self.body.block.ops
+        for before, op in zip(ops, ops[1:]):
+            if isinstance(before, Output):
+                raise op.error("follows layer.output, which must be the last op of the model")
         if not ops or not isinstance(ops[-1], Output):
             raise self.error("must end with layer.output")
 
@@ -228,6 +286,30 @@ class _ConvBase(LayerOp):
         if not self.depthwise:
             per_out *= self.in_type.shape[-1]
         return int(np.prod(out)) * per_out
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        """im2col as a strided view, then one tensordot (dense kernels) or one einsum per channel."""
+        window = self.window()
+        xp = _pad_spatial(x.astype(np.float64), window, self.strides, self.dilation, self.padding)
+        out = self.out_type.shape[1:-1]
+        win = _windows(xp, window, self.strides, self.dilation, out)  # [*out, C, *window]
+        k = _weights(self, "kernel")
+        s = self.spatial
+        if self.depthwise:
+            c = x.shape[-1]
+            m = self.depth_multiplier
+            km = k.reshape(*window, c, m)
+            # y[o, c, m] = sum_w win[o, c, w] * k[w, c, m]
+            letters = "hw"[:s]
+            y = np.einsum(f"...c{letters},{letters}cm->...cm", win, km, optimize=True)
+            y = y.reshape(*out, c * m)
+        else:
+            # kernel [O, *window, I]: contract the input channel and the window axes.
+            y = np.tensordot(win, k, axes=([s, *range(s + 1, 2 * s + 1)], [s + 1, *range(1, s + 1)]))
+        b = _weights(self, "bias")
+        if b is not None:
+            y = y + b
+        return _activate(y, self.activation)[None].astype(np.float32)
 
 
 @DIALECT.op
@@ -336,6 +418,13 @@ class Dense(LayerOp):
     def macs(self) -> int:
         return int(np.prod(self.in_type.shape)) * self.kernel.type.shape[0]
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        y = x.astype(np.float64) @ _weights(self, "kernel").T
+        b = _weights(self, "bias")
+        if b is not None:
+            y = y + b
+        return _activate(y, self.activation).astype(np.float32)
+
 
 # ----------------------------------------------------------------------------- pooling
 
@@ -357,6 +446,24 @@ class _PoolBase(LayerOp):
                      for n, k, s in zip(t.shape[1:-1], self.pool_size, self.strides))
         return TensorType((1, *dims, t.shape[-1]), self.out_elem())
 
+    def _max(self, x: np.ndarray) -> np.ndarray:
+        """Max over each window; 'same' padding is -inf, so it never wins (as in TF)."""
+        ones = (1,) * self.spatial
+        xp = _pad_spatial(x, self.pool_size, self.strides, ones, self.padding, -np.inf)
+        win = _windows(xp, self.pool_size, self.strides, ones, self.out_type.shape[1:-1])
+        return win.max(axis=tuple(range(-self.spatial, 0)))[None].astype(np.float32)
+
+    def _mean(self, x: np.ndarray) -> np.ndarray:
+        """Mean over the real elements of each window: 'same' padding is not counted (as in TF)."""
+        ones = (1,) * self.spatial
+        out = self.out_type.shape[1:-1]
+        axes = tuple(range(-self.spatial, 0))
+        xp = _pad_spatial(x.astype(np.float64), self.pool_size, self.strides, ones, self.padding)
+        total = _windows(xp, self.pool_size, self.strides, ones, out).sum(axis=axes)
+        mask = _pad_spatial(np.ones((1, *x.shape[1:-1], 1)), self.pool_size, self.strides, ones, self.padding)
+        count = _windows(mask, self.pool_size, self.strides, ones, out).sum(axis=axes)
+        return (total / count)[None].astype(np.float32)
+
 
 @DIALECT.op
 class MaxPool2D(_PoolBase):
@@ -368,6 +475,9 @@ class MaxPool2D(_PoolBase):
     pool_size = attr(Ints(2))
     strides = attr(Ints(2))
     padding = attr(Padding, default="valid")
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return self._max(x)
 
 
 @DIALECT.op
@@ -381,6 +491,9 @@ class MaxPool1D(_PoolBase):
     pool_size = attr(Ints(1))
     strides = attr(Ints(1))
     padding = attr(Padding, default="valid")
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return self._max(x)
 
 
 @DIALECT.op
@@ -396,6 +509,9 @@ class AvgPool2D(_PoolBase):
     strides = attr(Ints(2))
     padding = attr(Padding, default="valid")
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return self._mean(x)
+
 
 @DIALECT.op
 class AvgPool1D(_PoolBase):
@@ -408,6 +524,9 @@ class AvgPool1D(_PoolBase):
     pool_size = attr(Ints(1))
     strides = attr(Ints(1))
     padding = attr(Padding, default="valid")
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return self._mean(x)
 
 
 class _GlobalPool(LayerOp):
@@ -422,6 +541,9 @@ class _GlobalPool(LayerOp):
         shape = (1, *([1] * (t.rank - 2)), t.shape[-1]) if self.keepdims else (1, t.shape[-1])
         return TensorType(shape, self.out_elem())
 
+    def _spatial_axes(self) -> tuple[int, ...]:
+        return tuple(range(1, self.in_type.rank - 1))
+
 
 @DIALECT.op
 class GlobalAvgPool(_GlobalPool):
@@ -430,6 +552,10 @@ class GlobalAvgPool(_GlobalPool):
 
     name = "layer.global_avg_pool"
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        y = x.astype(np.float64).mean(axis=self._spatial_axes(), keepdims=self.keepdims)
+        return y.astype(np.float32)
+
 
 @DIALECT.op
 class GlobalMaxPool(_GlobalPool):
@@ -437,6 +563,9 @@ class GlobalMaxPool(_GlobalPool):
     : tensor<1x64xf32>"""
 
     name = "layer.global_max_pool"
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return x.max(axis=self._spatial_axes(), keepdims=self.keepdims).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- element-wise
@@ -473,6 +602,11 @@ class BatchNorm(_Unary):
             if tuple(w.type.shape) != (c,):
                 raise self.error(f"{key} {w.type} must have shape [{c}] (the channel count)")
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        scale = _weights(self, "gamma") / np.sqrt(_weights(self, "variance") + self.epsilon)
+        y = (x.astype(np.float64) - _weights(self, "mean")) * scale + _weights(self, "beta")
+        return y.astype(np.float32)
+
 
 @DIALECT.op
 class Relu(_Unary):
@@ -481,6 +615,9 @@ class Relu(_Unary):
     name = "layer.relu"
     x = operand()
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, np.float32(0))
+
 
 @DIALECT.op
 class Relu6(_Unary):
@@ -488,6 +625,9 @@ class Relu6(_Unary):
 
     name = "layer.relu6"
     x = operand()
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return np.clip(x, np.float32(0), np.float32(6))
 
 
 @DIALECT.op
@@ -498,6 +638,9 @@ class LeakyRelu(_Unary):
     x = operand()
     alpha = attr(Float, default=0.3)
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return np.where(x >= 0, x, self.alpha * x.astype(np.float64)).astype(np.float32)
+
 
 @DIALECT.op
 class Sigmoid(_Unary):
@@ -505,6 +648,10 @@ class Sigmoid(_Unary):
 
     name = "layer.sigmoid"
     x = operand()
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        # 0.5 * (1 + tanh(x / 2)) equals 1 / (1 + exp(-x)) and cannot overflow.
+        return (0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64)))).astype(np.float32)
 
 
 @DIALECT.op
@@ -514,6 +661,9 @@ class Tanh(_Unary):
     name = "layer.tanh"
     x = operand()
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return np.tanh(x.astype(np.float64)).astype(np.float32)
+
 
 @DIALECT.op
 class HardSwish(_Unary):
@@ -521,6 +671,10 @@ class HardSwish(_Unary):
 
     name = "layer.hard_swish"
     x = operand()
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        x64 = x.astype(np.float64)
+        return (x64 * np.clip(x64 + 3.0, 0.0, 6.0) / 6.0).astype(np.float32)
 
 
 @DIALECT.op
@@ -534,6 +688,11 @@ class Softmax(_Unary):
     x = operand()
     beta = attr(Float, default=1.0)
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        z = self.beta * x.astype(np.float64)
+        e = np.exp(z - z.max(axis=-1, keepdims=True))  # shifted so that exp cannot overflow
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
 
 @DIALECT.op
 class Dropout(_Unary):
@@ -543,6 +702,9 @@ class Dropout(_Unary):
     name = "layer.dropout"
     x = operand()
     rate = attr(Float, default=0.5)
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return x.copy()
 
 
 @DIALECT.op
@@ -601,6 +763,15 @@ class _Binary(LayerOp):
         shape = broadcast_shape(self, [v.type.shape for v in self.operands])
         return TensorType(shape, self.out_elem())
 
+    def _fold(self, inputs: Sequence[np.ndarray],
+              fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+        """fn applied left to right over the broadcast operands, then the fused activation."""
+        y = inputs[0].astype(np.float64)
+        for v in inputs[1:]:
+            y = fn(y, v.astype(np.float64))
+        y = np.broadcast_to(y, self.out_type.shape)
+        return _activate(y, self.activation).astype(np.float32)
+
 
 @DIALECT.op
 class Add(_Binary):
@@ -609,6 +780,9 @@ class Add(_Binary):
     name = "layer.add"
     inputs = var_operand()
     activation = attr(Activation, default="none")
+
+    def reference_float(self, *inputs: np.ndarray) -> np.ndarray:
+        return self._fold(inputs, np.add)
 
 
 @DIALECT.op
@@ -623,6 +797,9 @@ class Sub(_Binary):
         if len(self.operands) != 2:
             raise self.error(f"needs exactly 2 operands, got {len(self.operands)}")
 
+    def reference_float(self, *inputs: np.ndarray) -> np.ndarray:
+        return self._fold(inputs, np.subtract)
+
 
 @DIALECT.op
 class Mul(_Binary):
@@ -631,6 +808,9 @@ class Mul(_Binary):
     name = "layer.mul"
     inputs = var_operand()
     activation = attr(Activation, default="none")
+
+    def reference_float(self, *inputs: np.ndarray) -> np.ndarray:
+        return self._fold(inputs, np.multiply)
 
 
 # ----------------------------------------------------------------------------- data movement
@@ -668,6 +848,9 @@ class Concat(LayerOp):
         shape[ax] = sum(v.type.shape[ax] for v in self.operands)
         return TensorType(tuple(shape), self.out_elem())
 
+    def reference_float(self, *inputs: np.ndarray) -> np.ndarray:
+        return np.concatenate(inputs, axis=self.norm_axis()).astype(np.float32)
+
 
 @DIALECT.op
 class ZeroPad(LayerOp):
@@ -687,6 +870,9 @@ class ZeroPad(LayerOp):
     def infer_type(self) -> Type:
         shape = tuple(n + a + b for n, (a, b) in zip(self.in_type.shape, self.pads))
         return TensorType(shape, self.out_elem())
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return np.pad(x, [tuple(p) for p in self.pads]).astype(np.float32)
 
 
 @DIALECT.op
@@ -713,6 +899,10 @@ class Cropping(LayerOp):
         dims = tuple(n - a - b for n, (a, b) in zip(t.shape[1:-1], self.crops))
         return TensorType((1, *dims, t.shape[-1]), self.out_elem())
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        index = (slice(None), *(slice(a, n - b) for n, (a, b) in zip(x.shape[1:-1], self.crops)), slice(None))
+        return x[index].astype(np.float32)
+
 
 @DIALECT.op
 class Upsample(LayerOp):
@@ -736,6 +926,11 @@ class Upsample(LayerOp):
         dims = tuple(n * f for n, f in zip(t.shape[1:-1], self.size))
         return TensorType((1, *dims, t.shape[-1]), self.out_elem())
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        for axis, f in enumerate(self.size, start=1):
+            x = np.repeat(x, f, axis=axis)
+        return x.astype(np.float32)
+
 
 @DIALECT.op
 class Reshape(LayerOp):
@@ -753,6 +948,9 @@ class Reshape(LayerOp):
     def infer_type(self) -> Type:
         return self.result.type
 
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(self.out_type.shape).astype(np.float32)
+
 
 @DIALECT.op
 class Flatten(LayerOp):
@@ -761,8 +959,15 @@ class Flatten(LayerOp):
     name = "layer.flatten"
     x = operand()
 
+    def check(self) -> None:
+        if not self.in_type.shape or self.in_type.shape[0] != 1:
+            raise self.error(f"input must have batch size 1, got {self.in_type}")
+
     def infer_type(self) -> Type:
         return TensorType((1, self.in_type.size // self.in_type.shape[0]), self.out_elem())
+
+    def reference_float(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(self.out_type.shape).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- running a model

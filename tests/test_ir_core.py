@@ -108,7 +108,7 @@ def test_value_names_are_unique_after_rewrites() -> None:
     ("layer.model @m {\n  %x = layer.input : tensor<1x4xf32>\n  %y = layer.relu %y : tensor<1x4xf32>\n"
      "  layer.output %y\n}\n", "3:19: error: use of undefined value %y"),
     ("layer.model @m {\n  %x = layer.input : tensor<1x4xf32>\n  layer.output %x\n  %z = layer.relu %x "
-     ": tensor<1x4xf32>\n}\n", "error: layer.model"),
+     ": tensor<1x4xf32>\n}\n", "4:8: error: layer.relu 'z': follows layer.output"),
     ("layer.model @m {\n  %x = layer.input : tensor<1x4xf32>\n  %x = layer.relu %x : tensor<1x4xf32>\n"
      "}\n", "3:3: error: value %x is defined twice"),
     ("layer.model @m {\n  %x = layer.input : tensor<1x4xf32>\n  %y = layer.dense %x {kernel = "
