@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .diagnostics import CompileError, Loc
+from .diagnostics import Loc
 from .ir import Block, Module, Operation, Region, Resource, Value
 from .passes import verify_module
 from .types import IntType, QuantType, TensorType, Type, f16, f32, i8, i32, numpy_dtype

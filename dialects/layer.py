@@ -18,9 +18,8 @@ from typing import Callable, ClassVar, Sequence
 import numpy as np
 
 from ml4f.compiler.diagnostics import CompileError
-from ml4f.compiler.ir import (Bool, Dialect, Enum, Float, Int, Ints, IntsList, Operation, Str,
-                              Weights, attr, operand, region, var_operand)
-from ml4f.compiler.types import QuantType, TensorType, Type, f32
+from ml4f.compiler.ir import (Bool, Dialect, Enum, Float, Int, Ints, IntsList, Operation, Weights, attr, operand, region, var_operand)
+from ml4f.compiler.types import TensorType, Type, f32
 
 DIALECT = Dialect("layer", doc=__doc__ or "")
 

@@ -61,7 +61,7 @@ def _main(argv: list[str]) -> int:
     if args.list_passes:
         return list_passes()
 
-    from ml4f.compiler.passes import PassManager, make_pass, load_all_passes, parse_pipeline
+    from ml4f.compiler.passes import make_pass, load_all_passes, parse_pipeline
     import dataclasses
     from ml4f.compiler.diagnostics import CompileError
 
