@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 
@@ -56,3 +57,16 @@ class CompileError(Exception):
 
     def __str__(self) -> str:
         return self.one_line()
+
+
+def read_text(path: str) -> str:
+    """A text file's content ('-' is stdin), or a one-line error naming the file."""
+    try:
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise CompileError("no such file", Loc(path)) from None
+    except UnicodeDecodeError as e:
+        raise CompileError(f"not a text file ({e.reason} at byte {e.start})", Loc(path)) from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from ml4f.compiler.diagnostics import read_text  # noqa: F401  (re-exported for the tools)
+
 
 def run_main(body: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -32,17 +34,3 @@ def run_main(body: Callable[[list[str]], int], argv: list[str] | None = None) ->
         print(f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return 2
-
-
-def read_text(path: str) -> str:
-    from ml4f.compiler.diagnostics import CompileError, Loc
-
-    try:
-        if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise CompileError("no such file", Loc(path)) from None
-    except UnicodeDecodeError as e:
-        raise CompileError(f"not a text file ({e.reason} at byte {e.start})", Loc(path)) from None

@@ -29,58 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(_main, argv)
 
 
-def load_input(path: str) -> Any:
-    """An input sample from .npy or .json (a nested list, or {"x": ...})."""
-    import numpy as np
-
-    from ml4f.compiler.diagnostics import CompileError, Loc
-
-    try:
-        if path.endswith(".npy"):
-            return np.load(path, allow_pickle=False)
-        data = json.loads(read_text(path))
-    except (ValueError, json.JSONDecodeError) as e:
-        raise CompileError(f"cannot read input: {e}", Loc(path)) from None
-    if isinstance(data, dict):
-        if "x" not in data:
-            raise CompileError("JSON input must be a list of numbers or {\"x\": [...]}", Loc(path))
-        data = data["x"]
-    try:
-        arr = np.asarray(data)
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise ValueError
-        return arr
-    except (ValueError, TypeError):
-        raise CompileError("JSON input must be a (nested) list of numbers", Loc(path)) from None
 
 
-def prepare_input(x: Any, shape: tuple[int, ...], elem: Any, where: str) -> Any:
-    """Shape `x` like one sample (batch 1) of `shape`; float values for an int8 input are quantized."""
-    import numpy as np
-
-    from ml4f.compiler.diagnostics import CompileError, Loc
-    from ml4f.compiler.types import QuantType, numpy_dtype
-
-    x = np.asarray(x)
-    if x.size != int(np.prod(shape)):
-        raise CompileError(f"input has shape {list(x.shape)} ({x.size} values); the model takes "
-                           f"{list(shape[1:])} ({int(np.prod(shape))} values)", Loc(where))
-    x = x.reshape(shape)
-    if isinstance(elem, QuantType) and np.issubdtype(x.dtype, np.floating):
-        q = np.round(x / elem.scale) + elem.zero_point
-        return np.clip(q, -128, 127).astype(np.int8)
-    return x.astype(numpy_dtype(elem))
 
 
-def random_input(shape: tuple[int, ...], elem: Any, seed: int) -> Any:
-    import numpy as np
-
-    from ml4f.compiler.types import QuantType
-
-    rng = np.random.default_rng(seed)
-    if isinstance(elem, QuantType):
-        return rng.integers(-128, 128, size=shape).astype(np.int8)
-    return rng.uniform(-1, 1, size=shape).astype(np.float32)
 
 
 def _main(argv: list[str]) -> int:
@@ -88,6 +40,7 @@ def _main(argv: list[str]) -> int:
     import numpy as np
 
     from ml4f.compiler.diagnostics import CompileError, Loc
+    from ml4f.compiler.samples import load_input
 
     if args.file.endswith(".bin"):
         from ml4f.compiler.backend.runner import run_binary
@@ -119,6 +72,7 @@ def run_l4f(path: str, x: Any, seed: int) -> dict[str, Any]:
     from ml4f.compiler.diagnostics import CompileError, Loc
     from ml4f.compiler.parser import parse
     from ml4f.compiler.passes import verify_module
+    from ml4f.compiler.samples import prepare_input, random_input
 
     ctx = Context()
     module = parse(read_text(path), path, ctx)

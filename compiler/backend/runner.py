@@ -62,7 +62,7 @@ def run_binary(path: str, x: np.ndarray | None, seed: int = 0, ranges: Sequence[
     values for an int8 input are quantized with its scale and zero point. Returns {"output": array of
     shape (1, *output dims) in the output type, "cycles", "instructions", "stack_bytes", "ranges"}.
     """
-    from ml4f.tools.ml4f_run import prepare_input, random_input
+    from ml4f.compiler.samples import prepare_input, random_input
 
     data, binary = read_binary_file(path)
     h = binary.header
