@@ -7,7 +7,7 @@ config.name = "ml4f"
 config.test_format = lit.formats.ShTest()
 config.suffixes = [".l4f", ".s", ".test"]
 config.test_source_root = os.path.dirname(__file__)
-config.excludes = ["Inputs", "lit.cfg.py"]
+config.excludes = ["Inputs", "Output", "lit.cfg.py"]
 for var in ("PATH", "HOME", "PYTHONPATH", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     if var in os.environ:
         config.environment[var] = os.environ[var]
