@@ -9,5 +9,5 @@ if ! command -v arm-none-eabi-as >/dev/null 2>&1; then
         sudo apt-get update -qq && sudo apt-get install -y -qq binutils-arm-none-eabi >/dev/null
     fi
 fi
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 python3 -m pytest -q "$@"
