@@ -26,11 +26,14 @@ class Context:
             if module is None:
                 return None
             try:
-                self.dialects[name] = importlib.import_module(module).DIALECT
+                dialect = getattr(importlib.import_module(module), "DIALECT", None)
             except ModuleNotFoundError as e:
                 if e.name != module:
                     raise
                 return None
+            if dialect is None:
+                return None  # a package that declares no ops (yet) is not a dialect
+            self.dialects[name] = dialect
         return self.dialects[name]
 
     def lookup_op(self, op_name: str, loc: Loc) -> type[Operation]:

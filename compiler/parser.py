@@ -206,7 +206,14 @@ class _Builder:
         if kind == "float":
             return float(str(tree.children[0]))
         if kind == "string":
-            return json.loads(str(tree.children[0]))
+            tok = tree.children[0]
+            try:
+                return json.loads(str(tok))
+            except json.JSONDecodeError as e:
+                loc = self.loc(tok)
+                why = e.msg.lower().removesuffix(" at")
+                raise CompileError(f"malformed string {str(tok)[:40]}: {why}",
+                                   Loc(loc.file, loc.line, loc.col + e.pos, line_text=loc.line_text)) from None
         if kind == "true":
             return True
         if kind == "false":
@@ -232,10 +239,15 @@ class _Builder:
             t = self.type(type_tok)
             if not isinstance(t, TensorType):
                 raise CompileError(f"resource '{name}' must have a tensor type, got {t}", self.loc(type_tok))
+            try:
+                dtype = numpy_dtype(t.elem)
+            except TypeError:
+                raise CompileError(f"resource '{name}' has element type {t.elem}, which cannot hold "
+                                   "weights (f32, f16, an integer or a !quant.uniform type)",
+                                   self.loc(type_tok)) from None
             data = None
             if data_tok.type == "HEX":
                 hexdigits = str(data_tok)[2:]
-                dtype = numpy_dtype(t.elem)
                 expected = t.size * dtype.itemsize
                 if len(hexdigits) % 2:
                     raise CompileError(f"resource '{name}' has an odd number of hex digits "

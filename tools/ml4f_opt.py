@@ -193,7 +193,8 @@ def list_passes() -> int:
     from ml4f.compiler.passes import load_all_passes
 
     for name, cls in sorted(load_all_passes().items()):
-        doc = " ".join((cls.__doc__ or "").split())
+        # The summary paragraph only; `ml4f-opt --help`-style listings stay one entry per pass.
+        doc = " ".join((cls.__doc__ or "").split("\n\n")[0].split())
         print(f"  {name:<24} {doc}")
         for f in dataclasses.fields(cls):
             print(f"  {'':<24}   {f.name} = {f.default!r}")
