@@ -29,6 +29,7 @@ from .ir import Block, Module, Operation
 PASS_MODULES: list[str] = [
     "ml4f.compiler.transforms.layer_passes",
     "ml4f.compiler.transforms.loop_passes",
+    "ml4f.compiler.transforms.plan_memory",
     "ml4f.compiler.lowering.layer_to_loop",
     "ml4f.compiler.lowering.loop_to_thumb",
     "ml4f.compiler.transforms.regalloc",
@@ -122,7 +123,11 @@ def parse_pipeline(text: str) -> list[ModulePass]:
     while pos < len(text):
         m = _PIPE_RE.match(text, pos)
         if not m or m.end() == pos:
-            raise CompileError(f"cannot read pass pipeline at '{text[pos:]}' (expected name{{k=v ...}})")
+            # Point past the pass that did read, at the character that did not.
+            head = re.compile(r"\s*[A-Za-z0-9_-]+\s*(\{[^}]*\})?\s*").match(text, pos)
+            at = head.end() if head else pos
+            raise CompileError(f"cannot read pass pipeline '{text}' at '{text[at:]}' "
+                               "(expected passes name{k=v ...} separated by ',')")
         opts: dict[str, str] = {}
         if m.group(3):
             for item in m.group(3).split():

@@ -1,0 +1,382 @@
+"""Loop-dialect passes: register blocking (`tile`), `unroll` and `loop-canonicalize`.
+
+All three rewrite `loop.for` nests by cloning ops with induction variables substituted by affine
+expressions: a load or store names its induction variables and strides, so substituting
+iv = c + sum(k * iv') only changes its offset and stride list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ml4f.compiler.context import Context
+from ml4f.compiler.diagnostics import CompileError
+from ml4f.compiler.ir import Block, Module, Operation, Region, Value
+from ml4f.compiler.passes import ModulePass, register_pass
+from ml4f.compiler.types import index
+
+# An induction-variable substitution: id(old iv) -> (const, {new iv: coefficient}).
+IvMap = dict[int, tuple[int, dict[Value, int]]]
+
+
+def _loop():
+    from ml4f.dialects import loop
+
+    return loop
+
+
+class Cloner:
+    """Clones ops into new blocks, mapping SSA values (`vmap`) and induction variables (`ivmap`)."""
+
+    def __init__(self, vmap: dict[int, Value] | None = None, ivmap: IvMap | None = None):
+        self.vmap = dict(vmap or {})
+        self.ivmap: IvMap = dict(ivmap or {})
+
+    def copy(self) -> Cloner:
+        return Cloner(self.vmap, self.ivmap)
+
+    def value(self, v: Value) -> Value:
+        return self.vmap.get(id(v), v)
+
+    def access(self, op: Operation) -> tuple[list[Value], dict]:
+        """The mapped index operands and attributes of a load or store."""
+        offset = op.offset
+        terms: dict[Value, int] = {}
+        for v, s in zip(op.ivs, op.strides):
+            if id(v) in self.ivmap:
+                c, sub = self.ivmap[id(v)]
+                offset += s * c
+                for w, k in sub.items():
+                    terms[w] = terms.get(w, 0) + s * k
+            else:
+                w = self.value(v)
+                terms[w] = terms.get(w, 0) + s
+        terms = {w: s for w, s in terms.items() if s != 0}
+        attrs = dict(op.attributes)
+        attrs["offset"] = offset
+        attrs["strides"] = tuple(terms.values())
+        if offset == 0:
+            attrs.pop("offset")
+        if not terms:
+            attrs.pop("strides")
+        return list(terms), {k: attrs[k] for k in type(op)._attr_defs if k in attrs}
+
+    def clone(self, op: Operation, dest: Block) -> Operation:
+        L = _loop()
+        if isinstance(op, L.For):
+            block = Block([index], [op.iv.name_hint])
+            new = L.For([], [], dict(op.attributes), regions=[Region([block])], origin=op.origin,
+                        loc=op.loc)
+            self.vmap[id(op.iv)] = block.args[0]
+            for inner in op.body.block.ops:
+                self.clone(inner, block)
+            dest.append(new)
+            return new
+        if isinstance(op, L._Access):
+            ivs, attrs = self.access(op)
+            head = [self.value(v) for v in op.operands[:op.buf_index + 1]]
+            operands = head + ivs
+        else:
+            operands = [self.value(v) for v in op.operands]
+            attrs = dict(op.attributes)
+        new = type(op)(operands, [r.type for r in op.results], attrs, origin=op.origin, loc=op.loc,
+                       symbol=op.symbol, result_names=[r.name_hint for r in op.results])
+        for r, nr in zip(op.results, new.results):
+            self.vmap[id(r)] = nr
+        for reg in op.regions:
+            block = Block()
+            for inner in reg.block.ops:
+                self.clone(inner, block)
+            new.add_region(Region([block]))
+        dest.append(new)
+        return new
+
+
+def _replace(old: Operation, new_ops: list[Operation]) -> None:
+    """Put `new_ops` where `old` was and drop `old` (whose results, if any, are unused)."""
+    block = old.parent
+    assert block is not None
+    for n in new_ops:
+        if n.parent is not None and any(o is n for o in n.parent.ops):
+            n.parent.ops.remove(n)
+        block.insert_before(old, n)
+    block.erase(old)
+
+
+def _fors(root: Operation) -> list[Operation]:
+    return [op for op in root.walk() if isinstance(op, _loop().For)]
+
+
+def _attached(op: Operation, root: Operation) -> bool:
+    """True while `op` is still inside `root` (rewrites detach the loops they replace)."""
+    while op is not root:
+        block = op.parent
+        if block is None or block.parent is None or block.parent.parent is None:
+            return False
+        op = block.parent.parent
+    return True
+
+
+def _kernels(module: Module) -> Iterator[Operation]:
+    L = _loop()
+    for func in module.ops:
+        if isinstance(func, L.Func):
+            yield from func.kernels
+
+
+# ----------------------------------------------------------------------------- unroll and jam
+
+
+def _jam_ok(loop_op: Operation) -> bool:
+    """Copies of the loop's body may be interleaved: no buffer is both loaded and stored in it,
+    and its only effects are stores and updates of accumulators defined inside it."""
+    L = _loop()
+    loaded, stored = set(), set()
+    inside = {id(o.result) for o in loop_op.walk() if isinstance(o, L.Acc)}
+    for o in list(loop_op.walk())[1:]:
+        if isinstance(o, L.Load):
+            loaded.add(id(o.buffer))
+        elif isinstance(o, L.Store):
+            stored.add(id(o.buffer))
+        elif isinstance(o, L._AccUpdate) and id(o.operands[0]) not in inside:
+            return False
+    return not (loaded & stored)
+
+
+def _jam_into(dest: Block, ops: Iterable[Operation], cloners: list[Cloner]) -> None:
+    """Emit the copies' ops position by position; nested loops are merged into one loop whose
+    body holds every copy's body (so inputs loaded in it are shared after CSE)."""
+    L = _loop()
+    for op in ops:
+        if isinstance(op, L.For):
+            block = Block([index], [op.iv.name_hint])
+            new = L.For([], [], dict(op.attributes), regions=[Region([block])], origin=op.origin,
+                        loc=op.loc)
+            for c in cloners:
+                c.vmap[id(op.iv)] = block.args[0]
+            _jam_into(block, op.body.block.ops, cloners)
+            dest.append(new)
+        else:
+            for c in cloners:
+                c.clone(op, dest)
+
+
+def unroll_and_jam(loop_op: Operation, factor: int) -> list[Operation]:
+    """Replace `loop_op` by a loop with step*factor whose body runs `factor` consecutive
+    iterations with their inner loops fused, plus a remainder loop; returns the new loops."""
+    L = _loop()
+    n = loop_op.trip_count
+    factor = min(factor, n)
+    if factor <= 1:
+        return [loop_op]
+    main = n // factor
+    lb, step = loop_op.lb, loop_op.step
+    split = lb + main * factor * step
+    block = Block([index], [loop_op.iv.name_hint])
+    new = L.For([], [], {"lb": lb, "ub": split, "step": step * factor}, regions=[Region([block])],
+                origin=loop_op.origin, loc=loop_op.loc)
+    iv = block.args[0]
+    cloners = [Cloner(ivmap={id(loop_op.iv): (k * step, {iv: 1})}) for k in range(factor)]
+    _jam_into(block, loop_op.body.block.ops, cloners)
+    result = [new]
+    if split < loop_op.ub:
+        rest = Cloner().clone(loop_op, Block())
+        rest.attributes["lb"] = split
+        result.append(rest)
+    _replace(loop_op, result)
+    return result
+
+
+def unroll(loop_op: Operation, factor: int) -> list[Operation]:
+    """Unroll by `factor` (fully when the trip count is at most `factor`); iterations keep their
+    order, so this is legal for every loop."""
+    L = _loop()
+    n = loop_op.trip_count
+    lb, step = loop_op.lb, loop_op.step
+    parent = loop_op.parent
+    assert parent is not None
+    tmp = Block()
+    if n <= factor:
+        for k in range(n):
+            c = Cloner(ivmap={id(loop_op.iv): (lb + k * step, {})})
+            for op in loop_op.body.block.ops:
+                c.clone(op, tmp)
+        new_ops = list(tmp.ops)
+    else:
+        main = n // factor
+        split = lb + main * factor * step
+        block = Block([index], [loop_op.iv.name_hint])
+        new = L.For([], [], {"lb": lb, "ub": split, "step": step * factor}, regions=[Region([block])],
+                    origin=loop_op.origin, loc=loop_op.loc)
+        for k in range(factor):
+            c = Cloner(ivmap={id(loop_op.iv): (k * step, {block.args[0]: 1})})
+            for op in loop_op.body.block.ops:
+                c.clone(op, block)
+        new_ops = [new]
+        for k in range(main * factor, n):
+            c = Cloner(ivmap={id(loop_op.iv): (lb + k * step, {})})
+            for op in loop_op.body.block.ops:
+                c.clone(op, tmp)
+        new_ops += list(tmp.ops)
+    tmp.ops.clear()
+    _replace(loop_op, new_ops)
+    return new_ops
+
+
+# ----------------------------------------------------------------------------- canonicalize
+
+
+_PURE_NAMES = {"loop.const", "loop.sitofp", "loop.cmpf", "loop.select"}
+
+
+def _is_pure(op: Operation) -> bool:
+    L = _loop()
+    return isinstance(op, (L._Pure, L.Load)) or op.name in _PURE_NAMES
+
+
+def _key(op: Operation) -> tuple:
+    attrs = tuple(sorted((k, repr(v)) for k, v in op.attributes.items()))
+    return (op.name, tuple(id(v) for v in op.operands), attrs, tuple(str(r.type) for r in op.results))
+
+
+def canonicalize_block(block: Block) -> bool:
+    """One round of loop canonicalization in `block` and below; True if something changed."""
+    L = _loop()
+    changed = False
+    for op in list(block.ops):
+        if isinstance(op, L.For) and op.trip_count == 0:
+            block.erase(op)
+            changed = True
+        elif isinstance(op, L.For) and op.trip_count == 1:
+            unroll(op, 1)
+            changed = True
+    seen: dict[tuple, Operation] = {}
+    for op in list(block.ops):
+        for r in op.regions:
+            changed |= canonicalize_block(r.block)
+        written = _stored_buffers(op)
+        if written:
+            # A store (here or nested) invalidates earlier loads of that buffer.
+            seen = {k: v for k, v in seen.items()
+                    if not (isinstance(v, L.Load) and id(v.buffer) in written)}
+        if _is_pure(op) and op.results:
+            k = _key(op)
+            prev = seen.get(k)
+            if prev is not None:
+                op.result.replace_all_uses_with(prev.result)
+                block.erase(op)
+                changed = True
+            else:
+                seen[k] = op
+    for op in reversed(list(block.ops)):
+        if _is_pure(op) and op.results and not op.result.uses:
+            block.erase(op)
+            changed = True
+    return changed
+
+
+def _stored_buffers(op: Operation) -> set[int]:
+    L = _loop()
+    return {id(o.buffer) for o in op.walk() if isinstance(o, L.Store)}
+
+
+def hoist_constants(kernel: Operation) -> None:
+    """Move every loop.const to the top of its kernel (one register, set once)."""
+    L = _loop()
+    top = kernel.body.block
+    consts = [op for op in kernel.walk() if isinstance(op, L.Const) and op.parent is not top]
+    for i, op in enumerate(consts):
+        assert op.parent is not None
+        op.parent.ops.remove(op)
+        top.insert(i, op)
+
+
+def canonicalize_kernel(kernel: Operation) -> None:
+    hoist_constants(kernel)
+    while canonicalize_block(kernel.body.block):
+        pass
+
+
+# ----------------------------------------------------------------------------- passes
+
+
+@register_pass
+@dataclass(frozen=True)
+class LoopCanonicalize(ModulePass):
+    """Simplifies loop nests: removes empty loops, inlines single-iteration loops, hoists constants,
+    merges identical loads and pure ops, and deletes unused ones.
+
+    Example: ml4f-opt -p loop-canonicalize model.loops.l4f
+    """
+
+    name: ClassVar[str] = "loop-canonicalize"
+
+    def apply(self, ctx: Context, module: Module) -> None:
+        for k in _kernels(module):
+            canonicalize_kernel(k)
+
+
+def _blockable(root: Operation) -> list[Operation]:
+    """The loops whose body starts accumulators and runs a reduction loop (output-channel loops)."""
+    L = _loop()
+    return [f for f in _fors(root)
+            if any(isinstance(o, L.Acc) for o in f.body.block.ops)
+            and any(isinstance(o, L.For) for o in f.body.block.ops)]
+
+
+@register_pass
+@dataclass(frozen=True)
+class Tile(ModulePass):
+    """Register blocking: computes sizes[-1] output channels x sizes[-2] output positions per
+    iteration, so that each weight and input is loaded once per block and reused from registers.
+
+    The loop that holds the accumulators (output channels) is unrolled by sizes[-1] and its
+    reduction loops jammed together, then each enclosing loop (output positions) likewise by the
+    next size; identical loads are merged. Remainders get loops of their own.
+    Example: ml4f-opt --tile=4,4 model.loops.l4f   (16 accumulators, 4 inputs, 4 weights)
+    """
+
+    name: ClassVar[str] = "tile"
+    sizes: tuple[int, ...] = (4, 4)
+
+    def apply(self, ctx: Context, module: Module) -> None:
+        L = _loop()
+        if any(s < 1 for s in self.sizes):
+            raise CompileError(f"tile sizes must be positive, got {list(self.sizes)}")
+        for kernel in _kernels(module):
+            for f in _blockable(kernel):
+                if not _attached(f, kernel) or not _jam_ok(f):
+                    continue
+                # Innermost size on the accumulator loop, the next on its parent, and so on.
+                loop_op = f
+                for size in reversed(self.sizes):
+                    outer = loop_op.parent.parent.parent  # block -> region -> op
+                    unroll_and_jam(loop_op, size)
+                    if not isinstance(outer, L.For) or not _jam_ok(outer):
+                        break
+                    loop_op = outer
+            canonicalize_kernel(kernel)
+
+
+@register_pass
+@dataclass(frozen=True)
+class Unroll(ModulePass):
+    """Unrolls innermost loops by `factor`, fully when their trip count is at most `factor`.
+
+    Example: ml4f-opt --unroll=4 model.loops.l4f
+    """
+
+    name: ClassVar[str] = "unroll"
+    factor: int = 4
+
+    def apply(self, ctx: Context, module: Module) -> None:
+        if self.factor < 1:
+            raise CompileError(f"unroll factor must be positive, got {self.factor}")
+        for kernel in _kernels(module):
+            for f in [f for f in _fors(kernel) if len(_fors(f)) == 1]:
+                if self.factor > 1:
+                    unroll(f, self.factor)
+            canonicalize_kernel(kernel)
+
