@@ -155,9 +155,22 @@ def parse_type(text: str) -> Type:
         return _parse_quant(text)
     if text.startswith("!"):
         m = re.match(r"!([\w.]+)(?:<(.*)>)?$", text, re.S)
+        if m and m.group(1) not in DIALECT_TYPE_PARSERS:
+            _load_dialect_of(m.group(1))
         if m and m.group(1) in DIALECT_TYPE_PARSERS:
             return DIALECT_TYPE_PARSERS[m.group(1)](m.group(2))
     raise TypeSyntaxError(f"unknown type '{text}'")
+
+
+def _load_dialect_of(type_name: str) -> None:
+    """Dialects register their types on import; a type may be parsed before any of its ops is seen."""
+    import importlib
+
+    from .context import DIALECT_MODULES
+
+    module = DIALECT_MODULES.get(type_name.split(".", 1)[0])
+    if module is not None:
+        importlib.import_module(module)
 
 
 def _parse_quant(text: str) -> QuantType:
