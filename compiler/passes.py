@@ -29,10 +29,12 @@ from .ir import Block, Module, Operation
 PASS_MODULES: list[str] = [
     "ml4f.compiler.transforms.layer_passes",
     "ml4f.compiler.transforms.loop_passes",
+    "ml4f.compiler.transforms.loop_fuse",
     "ml4f.compiler.transforms.plan_memory",
     "ml4f.compiler.lowering.layer_to_loop",
     "ml4f.compiler.lowering.loop_to_thumb",
     "ml4f.compiler.transforms.regalloc",
+    "ml4f.compiler.transforms.schedule",
 ]
 
 PASSES: dict[str, type["ModulePass"]] = {}
