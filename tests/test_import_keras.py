@@ -1,12 +1,11 @@
 """Keras importer (.h5 and .keras): generated models for every layer type, the real models in
-/work/shared/models, and bad input. References: Keras itself (TensorFlow 2.21, Keras 3) and, for the
+../shared/models, and bad input. References: Keras itself (TensorFlow 2.21, Keras 3) and, for the
 TinyMaix model whose .h5 Keras 3 cannot load (a TFOpLambda), the authors' float .tflite run by the
 TFLite reference kernels."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import import_model
 from ml4f.dialects.layer import run_model
 
-MODELS = Path(os.environ.get("ML4F_MODELS", "/work/shared/models"))
+from shared_models import MODELS  # noqa: E402
 keras = pytest.importorskip("keras")
 L = keras.layers
 

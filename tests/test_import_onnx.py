@@ -4,7 +4,6 @@ DESIGN §7's float tolerance 1e-4 * (1 + |y|)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper
 
-MODELS = Path(os.environ.get("ML4F_MODELS", "/work/shared/models"))
+from shared_models import MODELS  # noqa: E402
 RNG = np.random.default_rng(7)
 
 

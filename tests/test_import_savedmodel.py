@@ -4,7 +4,6 @@ input."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import savedmodel
 from ml4f.dialects.layer import run_model
 
-MODELS = Path(os.environ.get("ML4F_MODELS", "/work/shared/models"))
+from shared_models import MODELS  # noqa: E402
 KWS = MODELS / "mlperf_tiny/kws_ref_model_savedmodel"
 
 

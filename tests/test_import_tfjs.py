@@ -1,12 +1,11 @@
 """TF.js layers models and Microsoft ML4F flat JSON: generated files (float32, uint8-quantized and
-float16 weights, several shards, Sequential and functional), the real models in /work/shared/models,
+float16 weights, several shards, Sequential and functional), the real models in ../shared/models,
 and bad input. The reference is Keras (TensorFlow 2.21): the model is rebuilt layer by layer from the
 topology with keras.layers.deserialize and given weights decoded here, independently of the importer."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import import_model
 from ml4f.dialects.layer import run_model
 
-MODELS = Path(os.environ.get("ML4F_MODELS", "/work/shared/models"))
+from shared_models import MODELS  # noqa: E402
 keras = pytest.importorskip("keras")
 
 

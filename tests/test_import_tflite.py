@@ -1,11 +1,10 @@
-"""TFLite importer: the real .tflite models in /work/shared/models, a generated float and int8 model
+"""TFLite importer: the real .tflite models in ../shared/models, a generated float and int8 model
 per operator, the kept quantization parameters, and bad input. Reference: the TFLite interpreter of
 ai-edge-litert with the BUILTIN_REF kernels (DESIGN §7): float within 1e-4 * (1 + |y|), int8 equal
 or off by one."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from ml4f.compiler.types import QuantType, TensorType, f16, i32
 from ml4f.dialects import layer
 from ml4f.dialects.layer import run_model
 
-MODELS = Path(os.environ.get("ML4F_MODELS", "/work/shared/models"))
+from shared_models import MODELS  # noqa: E402
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
 

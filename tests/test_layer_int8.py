@@ -10,7 +10,6 @@ kernels reproduce TFLite exactly, and the tests hold them to that).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from shared_models import MODELS as SHARED_MODELS
 from ml4f.compiler.builder import ModelBuilder, quant
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.types import QuantType, f32, i32
@@ -447,7 +447,7 @@ def test_concat_requantizes_like_layer_quantize() -> None:
 # ----------------------------------------------------------------------------- real int8 models
 
 
-MODELS = Path(os.environ.get("ML4F_MODELS", "/work/shared/models")) / "mlperf_tiny"
+MODELS = SHARED_MODELS / "mlperf_tiny"
 REAL_MODELS = ["kws_ref_model.tflite", "vww_96_int8.tflite", "pretrainedResnet_quant.tflite"]
 
 

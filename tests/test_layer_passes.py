@@ -3,11 +3,9 @@ the expected structure; the cases where a rewrite is illegal leave the graph alo
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -392,7 +390,7 @@ def test_random_models(seed: int, pipeline: str) -> None:
 
 # ----------------------------------------------------------------------------- real models
 
-MODELS = Path(os.environ.get("ML4F_MODELS", "/work/shared/models"))
+from shared_models import MODELS  # noqa: E402
 
 
 @pytest.mark.parametrize("rel, left", [

@@ -4,7 +4,6 @@ references; the memory plan is valid and reaches the lower bound on these graphs
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from ml4f.compiler.passes import PassManager, parse_pipeline
 from ml4f.compiler.transforms.plan_memory import check_plan
 from ml4f.dialects import layer as L
 
-MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+from shared_models import MODELS  # noqa: E402
 FILES = ["ml4f/gestures.tfjsmodel.json", "ml4f/accel.json", "tfjs/mnist_cnn.json",
          "tfjs/dwsep_cnn.json", "tfjs/gesture_1d.json", "tinymaix/mnist_resnet.h5",
          "mlperf_tiny/pretrainedResnet.h5", "mlperf_tiny/vww_96_float.tflite", "onnx/mnist-8.onnx"]
