@@ -7,7 +7,9 @@ layer. Each layer op has a short pattern in `PATTERNS` built from four shared he
 and pooling, 1-D and 2-D), `matvec` (dense) and `copy` (concat, padding, cropping, upsampling).
 
 Activations and batch-norm scale/shift that follow a layer as the only user of its result are
-fused into the layer's store (an "epilogue"), so they cost no pass over memory. 'same' padding is
+fused into the layer's store (an "epilogue"), so they cost no pass over memory. With
+`lower-to-loops{fuse=false}` every layer op gets a kernel of its own instead, and the `fuse` pass
+(compiler/transforms/loop_fuse.py) performs the same fusion on the loop dialect, visibly. 'same' padding is
 handled by loop bounds: the output range of each axis is split into segments whose valid kernel
 window is the same, and each segment gets its own nest with constant bounds, so no padded copy
 of the input is made and no load ever falls outside the input.
@@ -221,11 +223,12 @@ class LayerLowering:
 class ModelLowering:
     """Lowers one layer.model into a loop.func; keeps buffers and weights (no global state)."""
 
-    def __init__(self, model: Operation):
+    def __init__(self, model: Operation, fuse: bool = True):
         from ml4f.dialects import layer, loop
 
         self.layer, self.L = layer, loop
         self.model = model
+        self.fuse = fuse
         self.block = Block()
         self.allocs: list[Operation] = []
         self.weight_ops: list[Operation] = []
@@ -295,7 +298,7 @@ class ModelLowering:
             if pattern.alias:
                 self.bufs[id(op.result)] = TensorBuf(self.bufs[id(op.x)].value, op.result.type.shape)
                 continue
-            fused = self.fusable_chain(op, outputs) if pattern.epilogue else []
+            fused = self.fusable_chain(op, outputs) if pattern.epilogue and self.fuse else []
             consumed.update(id(f) for f in fused)
             last = fused[-1] if fused else op
             out = self.alloc(last.result, op)
@@ -733,18 +736,21 @@ PATTERNS: dict[str, Pattern] = {
 @dataclass(frozen=True)
 class LowerToLoops(ModulePass):
     """Lowers every layer.model to a loop.func (float32 models); fails on any op it cannot lower.
+    With fuse=false, element-wise layers get kernels of their own instead of running in their
+    producer's store (the `fuse` pass then merges them on the loop dialect).
 
-    Example: ml4f-opt --lower-to-loops model.l4f
+    Example: ml4f-opt --lower-to-loops model.l4f;  ml4f-opt -p 'lower-to-loops{fuse=false},fuse'
     """
 
     name: ClassVar[str] = "lower-to-loops"
+    fuse: bool = True
 
     def apply(self, ctx: Context, module: Module) -> None:
         from ml4f.dialects import layer
 
         for op in list(module.ops):
             if isinstance(op, layer.Model):
-                func = ModelLowering(op).run()
+                func = ModelLowering(op, self.fuse).run()
                 module.body.insert_before(op, func)
                 module.body.erase(op)
         left = [op for op in module.walk() if op.name.startswith("layer.")]
