@@ -233,6 +233,9 @@ class ModelLowering:
         self.allocs: list[Operation] = []
         self.weight_ops: list[Operation] = []
         self.weight_bufs: dict[int, TensorBuf] = {}
+        # Weights derived from a layer op (batch-norm scale/shift), made once per op and name even
+        # when the op is lowered into several loop nests ('same' padding segments).
+        self.derived: dict[tuple[int, str], TensorBuf] = {}
         self.bufs: dict[int, TensorBuf] = {}
         self.kernels: list[Operation] = []
         self.kernel_names: set[str] = set()
@@ -263,10 +266,13 @@ class ModelLowering:
             self.weight_bufs[id(res)] = TensorBuf(op.result, res.type.shape)
         return self.weight_bufs[id(res)]
 
-    def new_weights(self, name: str, data: np.ndarray) -> TensorBuf:
-        """A weight buffer over derived data (e.g. batch-norm scale and shift), kept in f32."""
-        data = np.asarray(data, dtype=np.float32)
-        return self.weights(Resource(name, TensorType(data.shape, f32), data))
+    def new_weights(self, owner: Operation, name: str, data: np.ndarray) -> TensorBuf:
+        """A weight buffer over data derived from `owner` (e.g. batch-norm scale and shift), in f32."""
+        key = (id(owner), name)
+        if key not in self.derived:
+            data = np.asarray(data, dtype=np.float32)
+            self.derived[key] = self.weights(Resource(name, TensorType(data.shape, f32), data))
+        return self.derived[key]
 
     def kernel_name(self, op: Operation) -> str:
         base = op.loc.layer or op.result.name_hint or op.name.split(".")[1]
@@ -376,8 +382,8 @@ def _hard_swish(em: Emitter, x: Value) -> Value:
 def _batch_norm(low: LayerLowering, op: Operation, x: Value, ch: Aff) -> Value:
     scale, shift = batch_norm_params(op)
     name = op.loc.layer or op.result.name_hint or "bn"
-    s = low.state.new_weights(f"{name}.scale", scale)
-    b = low.state.new_weights(f"{name}.shift", shift)
+    s = low.state.new_weights(op, f"{name}.scale", scale)
+    b = low.state.new_weights(op, f"{name}.shift", shift)
     em = low.em
     return em.fma(x, em.load(s, ch, "scale"), em.load(b, ch, "shift"))
 
