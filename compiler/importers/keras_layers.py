@@ -521,16 +521,20 @@ def _global_pool(cv: KerasConverter, cls: str, c: dict, name: str, path: tuple[s
     return cv.b.add(op, xs[0], name=name, keepdims=bool(c.get("keepdims", False)))
 
 
-@handles("BatchNormalization")
-def _batch_norm(cv: KerasConverter, cls: str, c: dict, name: str, path: tuple[str, ...], xs: list[Value],
-                kw: dict[str, Value]) -> Value:
-    rank = len(xs[0].type.shape)
+def _require_last_axis(cv: KerasConverter, c: dict, name: str, x: Value, what: str, only: str) -> None:
+    """The layer's `axis` config must name the last axis (the dialect's ops work over channels)."""
+    rank = len(x.type.shape)
     axis = c.get("axis", -1)
     if isinstance(axis, (list, tuple)):
         axis = axis[0] if len(axis) == 1 else None
     if axis is None or axis not in (-1, rank - 1):
-        raise cv.error(name, f"BatchNormalization over axis {c.get('axis')} is not supported "
-                             "(only the last, channel axis)")
+        raise cv.error(name, f"{what} over axis {c.get('axis')} is not supported (only {only})")
+
+
+@handles("BatchNormalization")
+def _batch_norm(cv: KerasConverter, cls: str, c: dict, name: str, path: tuple[str, ...], xs: list[Value],
+                kw: dict[str, Value]) -> Value:
+    _require_last_axis(cv, c, name, xs[0], "BatchNormalization", "the last, channel axis")
     if c.get("renorm"):
         raise cv.error(name, "BatchNormalization with renorm=True is not supported")
     scale, center = c.get("scale", True), c.get("center", True)
@@ -587,12 +591,7 @@ def _leaky_relu(cv: KerasConverter, cls: str, c: dict, name: str, path: tuple[st
 @handles("Softmax")
 def _softmax(cv: KerasConverter, cls: str, c: dict, name: str, path: tuple[str, ...], xs: list[Value],
              kw: dict[str, Value]) -> Value:
-    rank = len(xs[0].type.shape)
-    axis = c.get("axis", -1)
-    if isinstance(axis, (list, tuple)):
-        axis = axis[0] if len(axis) == 1 else None
-    if axis is None or axis not in (-1, rank - 1):
-        raise cv.error(name, f"Softmax over axis {c.get('axis')} is not supported (only the last axis)")
+    _require_last_axis(cv, c, name, xs[0], "Softmax", "the last axis")
     return cv.b.add(cv.L.Softmax, xs[0], name=name)
 
 
