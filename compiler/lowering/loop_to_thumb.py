@@ -1,0 +1,1150 @@
+"""Instruction selection: the loop dialect to Thumb-2/FPv4 ops on virtual registers (`lower-to-thumb`).
+
+A `loop.func` becomes one `thumb.func` whose body is a flat list of instructions, labels and
+branches (the entry point of DESIGN §5: r0 = the model header, r1 = the arena):
+
+    %model = thumb.get_register : !thumb.reg<r0>
+    %wo = thumb.ldr %model {offset = 16} : !thumb.reg            weights_offset, from the header
+    %wbase = thumb.add %model, %wo : !thumb.reg                    so the code is position-independent
+    thumb.label @k_conv1                                           one label per loop.kernel
+    %n = thumb.movw {imm = 26} : !thumb.reg<r4>                    loop counter, counting down
+    thumb.label @k_conv1_1
+    %x, %p2 = thumb.vldm %p {writeback = true} : !thumb.sreg, !thumb.reg<r5>
+    %y = thumb.vldr %p {offset = 64} : !thumb.sreg                 address folded into the offset
+    ...
+    %n2 = thumb.sub %n {imm = 1, setflags = true} : !thumb.reg<r4>
+    thumb.b {target = @k_conv1_1, cond = "ne"}
+
+How loops are selected:
+- Addressing. Accesses with the same buffer and induction-variable strides share a pointer
+  register (accesses whose strides differ only in sibling loops share it too): it is set before
+  the outermost loop it depends on, advanced at the end of each loop body and rewound after an
+  inner loop. The constant part of an index is the instruction's offset, as is any bump not yet
+  applied; bumps are applied lazily and merged, so a rewind and the enclosing loop's bump are
+  one `add`, and a VLDM that writes its base back often makes the bump free.
+- Loads of a block wait for their first use and go out in runs of consecutive words, one VLDM
+  each (f16 weights as words, widened with VCVTB/VCVTT.F32.F16 when the pointer stays
+  word-aligned, else LDRH + VCVTB). Innermost reduction loops are unrolled (by the largest factor
+  whose values fit in registers) so their loads form runs, and weight buffers are packed
+  (`pack_weights`) so the weights of a tile of four output channels are consecutive words.
+- Loop-carried values (pointers, counters, accumulators) are values that a loop body updates and
+  the next iteration reads. SSA has no phi nodes here, so they are precolored: this pass gives
+  them physical registers (r4-r11 first, then r12, r3, r2 when the kernel calls no routine;
+  accumulators s16-s31), and `thumb-regalloc` allocates every other value around them. The same
+  holds for the result of an IT-predicated move (max, min, select), which updates its register.
+- Arithmetic: `loop.acc_fma` is VMUL into a temporary plus VADD into the accumulator (1+1 cycles,
+  DESIGN §6, where VMLA/VFMA take 3); each add trails its multiply by one so no product is read by
+  the very next instruction, and the updates of a block are ordered so that two runs of weights
+  are live at a time. Max and min are VCMP + VMRS + an IT-predicated VMOV (FPv4 has no VMAX);
+  max(x, 0) clears the word's bits when its sign is set (VMOV + BIC, stored from the core
+  register). Constants are built where they are used (VMOV.F32 #imm, or MOVW/MOVT + VMOV).
+- `loop.exp` calls its routine (`ml4f_expf`, mathlib.OP_ROUTINES; argument and result in s0).
+
+Example: ml4f-opt model.loops.l4f -p plan-memory,lower-to-thumb
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+from ml4f.compiler.context import Context
+from ml4f.compiler.diagnostics import CompileError
+from ml4f.compiler.ir import Block, Module, Operation, Region, SymbolRef, Value
+from ml4f.compiler.passes import ModulePass, register_pass
+from ml4f.compiler.types import FloatType, f16, f32, numpy_dtype
+
+# Registers the lowering may precolor for loop-carried values, in order of preference.
+CORE_POOL = (4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 2)
+CORE_POOL_CALLS = (4, 5, 6, 7, 8, 9, 10, 11)   # a kernel that calls a routine keeps them callee-saved
+ACC_POOL = tuple(range(16, 32))
+WINDOW = 1024                                   # VLDR/VSTR reach [rn, #0..1020]
+UNROLL_MIN_MACS = 512                           # automatic unrolling only for nests doing this much
+
+# Float comparison -> the condition that holds after `vcmp a, b; vmrs APSR_nzcv, fpscr` (ordered).
+FLOAT_COND = {"gt": "gt", "ge": "ge", "lt": "mi", "le": "ls", "eq": "eq", "ne": "ne"}
+
+
+def _thumb() -> Any:
+    from ml4f.dialects.thumb import ops
+    return ops
+
+
+def _loop() -> Any:
+    from ml4f.dialects import loop
+    return loop
+
+
+def _regs() -> Any:
+    from ml4f.dialects.thumb import registers
+    return registers
+
+
+def sanitize_label(name: str) -> str:
+    """A GNU symbol made from a layer name (letters, digits and underscores)."""
+    s = re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return s if s and not s[0].isdigit() else "_" + s
+
+
+def f32_bits(x: float) -> int:
+    return struct.unpack("<I", struct.pack("<f", float(x)))[0]
+
+
+@dataclass
+class WeightsLayout:
+    """Where each weight buffer sits in the weights blob (4-aligned offsets, little-endian)."""
+
+    offsets: dict[int, int] = field(default_factory=dict)   # id(loop.weights result) -> offset
+    blob: bytearray = field(default_factory=bytearray)
+    elided: bool = False
+
+    @staticmethod
+    def of(func: Operation) -> WeightsLayout:
+        L = _loop()
+        lay = WeightsLayout()
+        by_resource: dict[int, int] = {}
+        for op in func.body.block.ops:
+            if not isinstance(op, L.WeightsBuf):
+                continue
+            res = op.data
+            if id(res) not in by_resource:
+                lay.blob += bytes(-len(lay.blob) % 4)
+                by_resource[id(res)] = len(lay.blob)
+                if res.data is None:
+                    # elided in the text: the code only needs the offsets
+                    lay.elided = True
+                    lay.blob += bytes(res.type.size * numpy_dtype(res.type.elem).itemsize)
+                else:
+                    dt = numpy_dtype(res.type.elem).newbyteorder("<")
+                    lay.blob += np.ascontiguousarray(res.data, dtype=dt).tobytes()
+            lay.offsets[id(op.result)] = by_resource[id(res)]
+        lay.blob += bytes(-len(lay.blob) % 4)
+        return lay
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """Accesses that could share a pointer: one buffer, the same (iv, stride) terms, one window."""
+
+    buf: int
+    terms: tuple[tuple[int, int], ...]
+    window: int
+
+
+@dataclass(eq=False)
+class PtrClass:
+    """One pointer register: groups of one buffer and window whose terms differ only in sibling
+    loops (the pointer is rewound after each loop, so between them it has the same value)."""
+
+    buf: int
+    window: int
+    terms: dict[int, int]            # id(iv) -> element stride
+    loops: set[int]                  # id(loop.for) of every access, with their ancestors
+    homes: set[int] = field(default_factory=set)   # loops of `terms` not nested in another
+
+
+@dataclass(eq=False)
+class _Run:
+    """Loads of one block from consecutive words off one pointer, emitted together at first use."""
+
+    cls: PtrClass
+    words: list[int]                                 # byte offsets from the pointer, step 4
+    loads: list[tuple[Operation, int, int]]          # (load, word index, half: -1 f32, 0 low, 1 high)
+
+
+@dataclass
+class _Buf:
+    base: Value            # the thumb value the buffer is addressed from (arena or weights base)
+    offset: int            # byte offset of element 0 from `base`
+    esize: int
+    elem: Any
+
+
+def pack_weights(func: Operation, block: int = 4) -> list[str]:
+    """Interleave the output channels of weight buffers in groups of `block`, when every access
+    allows it, so that the weights of a register-blocked tile sit in consecutive words.
+
+    A buffer of shape (C, ...) holds channel c's K elements at c*K + r. Packed, channels below
+    C' = block*(C // block) move to (c // block)*block*K + r*block + c % block (the rest stay). An
+    access whose channel c = j0 + sum(m*iv) keeps c % block fixed and whose r stays in [0, K)
+    becomes another affine access: channel strides stay, the others scale by `block`, and the
+    offset is K*(j0 - j) + block*(offset % K) + j. The function computes the same afterwards;
+    returns the names of the packed buffers.
+    """
+    L = _loop()
+    from ml4f.compiler.ir import Resource
+    packed = []
+    loads: dict[int, list[Operation]] = {}
+    for op in func.walk():
+        if isinstance(op, L._Access):
+            loads.setdefault(id(op.buffer), []).append(op)
+    for w in [op for op in func.body.block.ops if isinstance(op, L.WeightsBuf)]:
+        shape = w.data.type.shape
+        if len(shape) < 2 or w.data.data is None:
+            continue
+        C, K = shape[0], int(np.prod(shape[1:]))
+        Cp = block * (C // block)
+        plans = []
+        for acc in loads.get(id(w.result), []):
+            plan = _pack_plan(acc, K, Cp, block)
+            if plan is None:
+                break
+            plans.append((acc, plan))
+        else:
+            if not plans or not any(p[2] for _, p in plans):
+                continue
+            for acc, (offset, strides, _) in plans:
+                acc.attributes["offset"] = offset
+                acc.attributes["strides"] = tuple(strides)
+            d = w.data.array().reshape(-1)
+            head = d[:Cp * K].reshape(Cp // block, block, K).transpose(0, 2, 1).reshape(-1)
+            data = np.concatenate([head, d[Cp * K:]]).reshape(shape)
+            w.attributes["data"] = Resource(w.data.name + ".packed", w.data.type, data)
+            packed.append(w.data.name)
+    return packed
+
+
+def _pack_plan(acc: Operation, K: int, Cp: int, block: int) -> tuple[int, list[int], bool] | None:
+    """(new offset, new strides, packed?) for one access, or None when it does not fit."""
+    L = _loop()
+    lo_r = hi_r = acc.offset % K
+    j0 = acc.offset // K
+    oc_lo = oc_hi = j0
+    aligned = True
+    ranges = []
+    for v, s in zip(acc.ivs, acc.strides):
+        r = L.iv_range(v)
+        if r is None:
+            return None
+        loop = v.owner.parent.parent if not isinstance(v.owner, Operation) else None
+        step = loop.step if isinstance(loop, L.For) else 1
+        ranges.append((r, step))
+        if s % K == 0:
+            m = s // K
+            oc_lo += min(m * r[0], m * r[1])
+            oc_hi += max(m * r[0], m * r[1])
+            aligned &= (m * r[0]) % block == 0 and (m * step) % block == 0
+        else:
+            lo_r += min(s * r[0], s * r[1])
+            hi_r += max(s * r[0], s * r[1])
+    if lo_r < 0 or hi_r >= K:
+        return None
+    if oc_lo >= Cp:
+        return acc.offset, list(acc.strides), False
+    if oc_hi >= Cp or not aligned:
+        return None
+    j = j0 % block
+    strides = [s if s % K == 0 else s * block for s in acc.strides]
+    return K * (j0 - j) + block * (acc.offset % K) + j, strides, True
+
+
+class _Lowering:
+    """Lowers one loop.func; holds the register pools and label counter of this function."""
+
+    def __init__(self, func: Operation, module: Module, unroll: int = 0, pack: bool = True,
+                 loop_registers: int = 0):
+        self.loop_registers = loop_registers
+        self.unroll = unroll
+        self.T = _thumb()
+        self.L = _loop()
+        self.R = _regs()
+        self.func = func
+        self.module = module
+        self.block = Block()
+        self.labels = 0
+        self.vals: dict[int, Value] = {}
+        self.bufs: dict[int, _Buf] = {}
+        if pack:
+            pack_weights(func)
+        self.layout = WeightsLayout.of(func)
+        self.layer_labels: list[tuple[str, str]] = []
+        self.routines: set[str] = set()
+        self.src: Operation = func
+        # per kernel
+        self.core_free: list[int] = []
+        self.s_free: list[int] = []
+        self.ptr: dict[PtrClass, Value] = {}
+        self.pending: dict[PtrClass, int] = {}
+        self.keys_of_loop: dict[int, list[PtrClass]] = {}
+        self.class_of: dict[int, PtrClass] = {}
+        self.loop_of_iv: dict[int, Operation] = {}
+        self.owners: dict[int, int] = {}        # precolored S register -> live owner count
+        self.precolored: dict[int, int] = {}    # id(loop value) -> S register it owns
+        self.release_after: dict[int, list[Value]] = {}
+        self.flag_src: dict[int, Operation] = {}
+        self.run_of: dict[int, _Run] = {}
+        self.const_ops: dict[int, Operation] = {}
+        self.relu_of: dict[int, Value] = {}
+        self.computed: set[PtrClass] = set()
+        self.counter_of: dict[int, Value] = {}
+        self.const_scopes: list[dict[Any, Value]] = []
+        self.pending_fma: list[tuple[Operation, Value]] = []
+        self.block_loop: Operation | None = None
+
+    # ------------------------------------------------------------------ emission helpers
+
+    def emit(self, mn: str, operands: list[Value] = (), results: list[Any] = (), **attrs: Any) -> Operation:
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        op = self.T.OPS[mn](list(operands), list(results), attrs, origin=self.src)
+        self.block.append(op)
+        return op
+
+    def emit1(self, mn: str, operands: list[Value], rtype: Any, **attrs: Any) -> Value:
+        return self.emit(mn, operands, [rtype], **attrs).results[0]
+
+    def get_register(self, t: Any, name: str | None = None) -> Value:
+        op = self.T.GetRegister([], [t], {}, origin=self.src, result_names=[name])
+        self.block.append(op)
+        return op.result
+
+    def label(self, name: str) -> None:
+        self.block.append(self.T.LabelOp([], [], {}, symbol=name, origin=self.src))
+
+    def new_label(self, base: str) -> str:
+        """A loop label: `L<n>_<kernel label>` (kernel labels start with `k_`, so never clash)."""
+        self.labels += 1
+        return f"L{self.labels}_{base}"
+
+    def reg(self, n: int | None = None) -> Any:
+        return self.R.RegType(n)
+
+    def sreg(self, n: int | None = None) -> Any:
+        return self.R.SRegType(n)
+
+    def add_const(self, src: Value, k: int, rtype: Any) -> Value:
+        """rtype-typed value = src + k (any 32-bit k): ADD/SUB #imm, ADDW/SUBW, or MOVW/MOVT + ADD."""
+        from ml4f.dialects.thumb.encodings import modimm
+        if k == 0:
+            return self.emit1("mov", [src], rtype)
+        if modimm(k & 0xFFFFFFFF) is not None and k > 0:
+            return self.emit1("add", [src], rtype, imm=k)
+        if k < 0 and modimm(-k) is not None:
+            return self.emit1("sub", [src], rtype, imm=-k)
+        if 0 < k < 4096:
+            return self.emit1("addw", [src], rtype, imm=k)
+        if -4096 < k < 0:
+            return self.emit1("subw", [src], rtype, imm=-k)
+        t = self.const_core(k)
+        return self.emit1("add", [src, t], rtype)
+
+    def const_core(self, k: int, rtype: Any = None) -> Value:
+        """A core register holding the 32-bit constant k (MOVW, plus MOVT for the high half)."""
+        k &= 0xFFFFFFFF
+        rtype = rtype or self.reg()
+        if k >> 16:
+            lo = self.emit1("movw", [], self.reg(), imm=k & 0xFFFF)
+            return self.emit1("movt", [lo], rtype, imm=k >> 16)
+        return self.emit1("movw", [], rtype, imm=k)
+
+    def const_f32(self, x: float, rtype: Any = None) -> Value:
+        from ml4f.dialects.thumb.encodings import vfp_imm8
+        rtype = rtype or self.sreg()
+        if vfp_imm8(float(x)) is not None and np.isfinite(x):
+            return self.emit1("vmov.f32", [], rtype, imm=float(x))
+        return self.emit1("vmov", [self.const_core(f32_bits(x))], rtype)
+
+    # ------------------------------------------------------------------ function
+
+    def run(self) -> Operation:
+        L = self.L
+        func = self.func
+        self.model_ptr = self.get_register(self.reg(0), "model")
+        arena_in = self.get_register(self.reg(1), "arena")
+        self.lr = self.get_register(self.reg(14), "lr")
+        wo = self.emit1("ldr", [self.model_ptr], self.reg(), offset=16)
+        self.wbase = self.emit1("add", [self.model_ptr, wo], self.reg())
+        self.arena = self.emit1("mov", [arena_in], self.reg())
+        for op in func.body.block.ops:
+            if isinstance(op, L.Alloc):
+                if op.offset < 0:
+                    raise op.error("has no arena offset: run plan-memory before lower-to-thumb")
+                self._buf(op.result, self.arena, op.offset)
+            elif isinstance(op, L.WeightsBuf):
+                self._buf(op.result, self.wbase, self.layout.offsets[id(op.result)])
+        for op in func.body.block.ops:
+            if isinstance(op, L.Kernel):
+                self.kernel(op)
+            elif not isinstance(op, (L.Alloc, L.WeightsBuf, L.Return)):
+                raise op.error("cannot be lowered to Thumb code at function level")
+        self.src = func
+        self.emit("bx", [self.lr])
+        out = self.T.Func([], [], {}, regions=[Region([self.block])], symbol=sanitize_label(func.symbol),
+                          origin=func, loc=func.loc)
+        return out
+
+    def _buf(self, v: Value, base: Value, offset: int) -> None:
+        elem = v.type.elem
+        if not isinstance(elem, FloatType):
+            raise v.op.error(f"{elem} buffers need the int8 code generator, which does not exist yet")
+        self.bufs[id(v)] = _Buf(base, offset, numpy_dtype(elem).itemsize, elem)
+
+    # ------------------------------------------------------------------ kernels
+
+    def kernel(self, k: Operation) -> None:
+        self.src = k
+        name = "k_" + sanitize_label(k.symbol)
+        taken = {lab for _, lab in self.layer_labels}
+        if name in taken:
+            name += "_" + str(next(i for i in range(2, len(taken) + 3) if f"{name}_{i}" not in taken))
+        self.kname = name
+        self.label(name)
+        self.layer_labels.append((k.symbol, name))
+        self._coalesce(k)
+        if self.unroll != 1:
+            self._unroll_reductions(k)
+        from ml4f.compiler.lowering.mathlib import OP_ROUTINES
+        has_call = any(o.name in OP_ROUTINES for o in k.walk())
+        self.core_pool = CORE_POOL_CALLS if has_call else CORE_POOL
+        self.core_free = list(self.core_pool)
+        self.s_free = list(ACC_POOL)
+        self.ptr, self.pending, self.keys_of_loop, self.class_of = {}, {}, {}, {}
+        self.loop_of_iv = {id(f.iv): f for f in k.walk() if isinstance(f, self.L.For)}
+        self._analyze(k)
+        self.lower_block(k.body.block)
+
+    def _coalesce(self, k: Operation) -> None:
+        """Fuse a loop whose body is only another loop into one loop, when every access walks
+        the pair as one run (outer stride * outer step = inner trip count * inner stride, the
+        inner loop from 0 by 1): e.g. kx and ci of a convolution over channels-last input. One
+        longer loop spends less on counters and pointer rewinds, and unrolls better."""
+        L = self.L
+        changed = True
+        while changed:
+            changed = False
+            for a in [f for f in k.walk() if isinstance(f, L.For)]:
+                ops = a.body.block.ops
+                if len(ops) != 1 or not isinstance(ops[0], L.For):
+                    continue
+                b = ops[0]
+                if b.lb != 0 or b.step != 1 or b.trip_count < 1 or a.trip_count < 1:
+                    continue
+                users = [u for iv in (a.iv, b.iv) for u, _ in iv.uses]
+                if not all(isinstance(u, L._Access) for u in users):
+                    continue
+                plan = []
+                for u in dict.fromkeys(users):
+                    st = dict(zip(map(id, u.ivs), u.strides))
+                    sa, sb = st.get(id(a.iv), 0), st.get(id(b.iv), 0)
+                    if sa * a.step != sb * b.trip_count:
+                        break
+                    plan.append((u, sa, sb))
+                else:
+                    self._fuse(a, b, plan)
+                    changed = True
+                    break
+
+    def _fuse(self, a: Operation, b: Operation, plan: list[tuple[Operation, int, int]]) -> None:
+        L = self.L
+        from ml4f.compiler.types import index
+        block = Block([index], [b.iv.name_hint])
+        t = block.args[0]
+        c = L.For([], [], {"lb": 0, "ub": a.trip_count * b.trip_count, "step": 1}, regions=[Region([block])],
+                  origin=b.origin, loc=b.loc)
+        for op in list(b.body.block.ops):
+            b.body.block.ops.remove(op)
+            block.append(op)
+        for u, sa, sb in plan:
+            keep = [(v, s) for v, s in zip(u.ivs, u.strides) if v is not a.iv and v is not b.iv]
+            head = u.operands[:u.buf_index + 1]
+            attrs = dict(u.attributes)
+            attrs["offset"] = u.offset + sa * a.lb
+            attrs["strides"] = tuple(s for _, s in keep) + (sb,)
+            new = type(u)(list(head) + [v for v, _ in keep] + [t], [r.type for r in u.results], attrs,
+                          origin=u.origin, loc=u.loc, result_names=[r.name_hint for r in u.results])
+            u.parent.insert_before(u, new)
+            for old, r in zip(u.results, new.results):
+                old.replace_all_uses_with(r)
+            u.parent.erase(u)
+        parent = a.parent
+        parent.insert_before(a, c)
+        b.body.block.ops.clear()
+        parent.erase(a)
+
+    def _unroll_reductions(self, k: Operation) -> None:
+        """Unroll innermost reduction loops so that their loads form VLDM runs and the loop
+        overhead spreads over more MACs, by the largest factor whose values fit in S registers
+        (besides the accumulators: the inputs of all copies and two runs of weights at a time)."""
+        from ml4f.compiler.transforms.loop_passes import unroll
+        L = self.L
+        inner = [f for f in k.walk() if isinstance(f, L.For)
+                 and not any(isinstance(o, L.For) for o in f.body.block.ops)]
+        for f in inner:
+            fmas = [o for o in f.body.block.ops if isinstance(o, L.AccFma)]
+            if not fmas or f.trip_count < 2:
+                continue
+            runs = f.trip_count
+            for a in self._enclosing(f):
+                runs *= next(o for o in k.walk() if id(o) == a).trip_count
+            if self.unroll == 0 and runs * len(fmas) < UNROLL_MIN_MACS:
+                continue  # a small remainder nest: not worth the code
+            accs = len({id(o.acc) for o in fmas})
+            xs = len({id(o.a) for o in fmas} - {id(o.b) for o in fmas})
+            factors = (self.unroll,) if self.unroll > 1 else (8, 4, 2)
+            u = next((u for u in factors if u * (xs + 2) <= 28 - accs), 1)
+            if u > 1:
+                unroll(f, u)
+
+    def _depth(self, f: Operation) -> int:
+        d = 0
+        while f is not None and isinstance(f, self.L.For):
+            d += 1
+            f = f.parent.parent.parent if f.parent is not None and f.parent.parent is not None else None
+        return d
+
+    def _key(self, op: Operation) -> tuple[GroupKey, int]:
+        buf = self.bufs[id(op.buffer)]
+        terms: dict[int, int] = {}
+        for v, s in zip(op.ivs, op.strides):
+            if id(v) not in self.loop_of_iv:
+                raise op.error("indexes with a value that is not a loop induction variable")
+            terms[id(v)] = terms.get(id(v), 0) + s
+        order = sorted((t for t in terms.items() if t[1]), key=lambda t: self._depth(self.loop_of_iv[t[0]]))
+        byte = op.offset * buf.esize
+        window = byte // WINDOW
+        return GroupKey(id(op.buffer), tuple(order), window), byte - window * WINDOW
+
+    def _limit_pressure(self, k: Operation, classes: list[PtrClass]) -> None:
+        """Keep loop counters plus live pointers within the register pool: where a nest needs
+        more, the pointers whose accesses are least deeply nested have their addresses computed
+        from the loop counters at each access instead (`computed_address`)."""
+        L = self.L
+        for c in classes:
+            mine = {id(self.loop_of_iv[iv]) for iv in c.terms}
+            c.homes = {id(self.loop_of_iv[iv]) for iv in c.terms
+                       if not mine & set(self._enclosing(self.loop_of_iv[iv]))}
+        depth = {}
+        for op in k.walk():
+            if id(op) in self.class_of:
+                c = self.class_of[id(op)]
+                depth[id(c)] = max(depth.get(id(c), 0), len(self._enclosing(op)))
+        loops = [f for f in k.walk() if isinstance(f, L.For) and f.trip_count > 0]
+        by_id = {id(f): f for f in loops}
+        limit = len(self.core_pool) - (1 if len(self.core_pool) > 8 else 0)
+        if self.loop_registers:
+            limit = min(limit, self.loop_registers)
+        while True:
+            worst, live = 0, []
+            for f in loops:
+                path = self._enclosing(f) + [id(f)]
+                counters = sum(1 for x in path if x in by_id and by_id[x].trip_count > 1)
+                here = [c for c in classes if c not in self.computed and c.homes & set(path)]
+                if counters + len(here) > worst:
+                    worst, live = counters + len(here), here
+            if worst <= limit or not live:
+                return
+            self.computed.add(min(live, key=lambda c: depth.get(id(c), 0)))
+
+    def computed_address(self, op: Operation) -> tuple[Value, int]:
+        """(register, offset) for an access whose pointer is not kept in a register: the address
+        from the loop counters, iv = lb + (n - counter) * step, with MOVW + MLA per loop."""
+        key, rel = self._key(op)
+        buf = self.bufs[key.buf]
+        const = buf.offset + key.window * WINDOW
+        terms = []
+        for iv, s in key.terms:
+            f = self.loop_of_iv[iv]
+            n = f.trip_count
+            if n == 1:
+                const += s * f.lb * buf.esize
+            else:
+                const += s * (f.lb + n * f.step) * buf.esize
+                terms.append((-s * f.step * buf.esize, self.counter_of[id(f)]))
+        t = self.add_const(buf.base, const, self.reg())
+        for m, counter in terms:
+            t = self.emit1("mla", [self.const_core(m), counter, t], self.reg())
+        return t, rel
+
+    def _enclosing(self, op: Operation) -> list[int]:
+        """ids of the loop.for ops around `op`."""
+        out = []
+        p = op.parent.parent.parent if op.parent is not None and op.parent.parent else None
+        while isinstance(p, self.L.For):
+            out.append(id(p))
+            p = p.parent.parent.parent if p.parent is not None and p.parent.parent else None
+        return out
+
+    def _analyze(self, k: Operation) -> None:
+        """Group accesses into pointer classes and find where values die (to free registers)."""
+        L = self.L
+        classes: list[PtrClass] = []
+        for op in k.walk():
+            if not isinstance(op, L._Access):
+                continue
+            key, _ = self._key(op)
+            if not key.terms:
+                continue
+            terms = dict(key.terms)
+            around = set(self._enclosing(op))
+            for c in classes:
+                if c.buf != key.buf or c.window != key.window:
+                    continue
+                if any(c.terms[iv] != s for iv, s in terms.items() if iv in c.terms):
+                    continue
+                # an iv of one side only must be a loop the other side's accesses are not inside
+                if any(id(self.loop_of_iv[iv]) in c.loops for iv in terms if iv not in c.terms):
+                    continue
+                if any(id(self.loop_of_iv[iv]) in around for iv in c.terms if iv not in terms):
+                    continue
+                c.terms.update(terms)
+                c.loops |= around
+                break
+            else:
+                c = PtrClass(key.buf, key.window, terms, around)
+                classes.append(c)
+            self.class_of[id(op)] = c
+        self._limit_pressure(k, classes)
+        for c in classes:
+            for iv in c.terms:
+                self.keys_of_loop.setdefault(id(self.loop_of_iv[iv]), []).append(c)
+        # Last use of every value, as the op of its defining block after which it is dead.
+        self.release_after = {}
+        pos: dict[int, int] = {}
+        for op in k.walk():
+            for r in op.regions:
+                for b in r.blocks:
+                    pos.update((id(o), i) for i, o in enumerate(b.ops))
+        for op in k.walk():
+            for r in op.results:
+                blk = op.parent
+                last = op
+                for user, _ in r.uses:
+                    a = user
+                    while a is not None and a.parent is not blk:
+                        a = a.parent.parent.parent if a.parent is not None and a.parent.parent else None
+                    if a is not None and pos[id(a)] > pos[id(last)]:
+                        last = a
+                self.release_after.setdefault(id(last), []).append(r)
+
+    def lower_block(self, block: Block) -> None:
+        """Lower a block's ops in order; f32 loads wait for their first use and go out in runs
+        (one VLDM per run of consecutive words), and each acc_fma's add trails its multiply."""
+        L = self.L
+        outer = (self.pending_fma, self.block_loop)
+        self.pending_fma = []
+        self.const_scopes.append({})
+        self.block_loop = block.parent.parent if block.parent is not None else None
+        runs = self._runs(block)
+        # deferred loads are emitted at their first use, so they do not separate acc_fma ops
+        ops = self._reorder_fmas([op for op in block.ops if not (isinstance(op, L.Load)
+                                                              and id(op.result) in self.run_of)], runs)
+        for op in ops:
+            self.src = op
+            if isinstance(op, L.Load) and id(op.result) in self.run_of:
+                continue
+            if not isinstance(op, L.AccFma):
+                self._drain_fma(0)
+            if isinstance(op, L.For):
+                # loads used inside the loop are loaded once, before it
+                inner = {id(v) for o in op.walk() for v in o.operands}
+                for r in runs:
+                    if any(id(ld.result) in inner for ld, _, _ in r.loads):
+                        self.emit_run(r)
+                if not any(isinstance(o, L.For) for o in op.body.block.ops):
+                    # out of innermost loops; outer loops build them where they are used
+                    for v in inner:
+                        if v in self.const_ops:
+                            self.constant(self.const_ops[v].result)
+            self.lower_op(op)
+            if isinstance(op, L.AccFma):
+                self._drain_fma(1)
+            for v in self.release_after.get(id(op), ()):
+                self._release(v)
+        self._drain_fma(0)
+        self.const_scopes.pop()
+        self.pending_fma, self.block_loop = outer
+
+    def _drain_fma(self, keep: int) -> None:
+        while len(self.pending_fma) > keep:
+            op, prod = self.pending_fma.pop(0)
+            src, self.src = self.src, op
+            acc = self.val(op.acc)
+            self.emit("vadd.f32", [acc, prod], [acc.type])
+            self.src = src
+
+    def _aligned(self, c: PtrClass) -> bool:
+        """Whether pointer `c` stays 4-aligned (so f16 pairs can be loaded as words)."""
+        esize = self.bufs[c.buf].esize
+        loops = self.loop_of_iv
+        return all((s * loops[iv].step * esize) % 4 == 0 and (s * loops[iv].lb * esize) % 4 == 0
+                   for iv, s in c.terms.items())
+
+    def _runs(self, block: Block) -> list[_Run]:
+        """Runs of loads of this block from consecutive words off one pointer: f32 words, or f16
+        pairs (a word holds two halves) when the pointer stays word-aligned."""
+        L = self.L
+        stored = {id(o.buffer) for op in block.ops for o in op.walk() if isinstance(o, L.Store)}
+        by_class: dict[int, list[tuple[int, int, Operation]]] = {}
+        for op in block.ops:
+            if not isinstance(op, L.Load) or id(op) not in self.class_of or id(op.buffer) in stored:
+                continue
+            c = self.class_of[id(op)]
+            rel = self._key(op)[1]
+            elem = self.bufs[id(op.buffer)].elem
+            if elem == f32:
+                by_class.setdefault(id(c), []).append((rel, -1, op))
+            elif elem == f16 and self._aligned(c):
+                by_class.setdefault(id(c), []).append((rel - rel % 4, (rel % 4) // 2, op))
+        runs: list[_Run] = []
+        busy = len(ACC_POOL) - len(self.s_free)   # accumulators live around this block
+        # a run's registers stay live while its values are used: shorter runs when the
+        # accumulators take most registers
+        longest = 8 if busy <= 4 else 4
+        for loads in by_class.values():
+            c = self.class_of[id(loads[0][2])]
+            limit = longest if loads[0][1] < 0 else max(1, longest // 2)
+            words = sorted({w for w, _, _ in loads})
+            groups: list[list[int]] = []
+            for w in words:
+                if groups and w == groups[-1][-1] + 4 and len(groups[-1]) < limit:
+                    groups[-1].append(w)
+                else:
+                    groups.append([w])
+            for g in groups:
+                index = {w: i for i, w in enumerate(g)}
+                run = _Run(c, g, [(op, index[w], h) for w, h, op in loads if w in index])
+                runs.append(run)
+                for op, _, _ in run.loads:
+                    self.run_of[id(op.result)] = run
+        return runs
+
+    def _reorder_fmas(self, ops: list[Operation], runs: list[_Run]) -> list[Operation]:
+        """Within each stretch of acc_fma, take the weights' runs two at a time (runs of the same
+        accumulator keep their order), so that only two runs of weights are live at once."""
+        L = self.L
+        out: list[Operation] = []
+        i = 0
+        while i < len(ops):
+            if not isinstance(ops[i], L.AccFma):
+                out.append(ops[i])
+                i += 1
+                continue
+            j = i
+            while j < len(ops) and isinstance(ops[j], L.AccFma):
+                j += 1
+            seq = ops[i:j]
+            # inputs used once each (depthwise): one run of them at a time; else weights (each
+            # shared by a row of accumulators) two runs at a time
+            uses: dict[int, int] = {}
+            for op in seq:
+                uses[id(op.a)] = uses.get(id(op.a), 0) + 1
+            by_a = all(n == 1 for n in uses.values())
+            order: dict[int, int] = {}
+            keys = []
+            for op in seq:
+                r = self.run_of.get(id(op.a if by_a else op.b))
+                k = order.setdefault(id(r), len(order)) if r is not None else -1
+                keys.append(k if by_a or k < 0 else k // 2)
+            last: dict[int, int] = {}
+            ok = True
+            for op, k in zip(seq, keys):
+                if k < last.get(id(op.acc), -1):
+                    ok = False
+                last[id(op.acc)] = k
+            if ok:
+                seq = [op for _, op in sorted(zip(keys, seq), key=lambda t: t[0])]
+            out += seq
+            i = j
+        return out
+
+    def emit_run(self, run: _Run) -> None:
+        """Load a run of consecutive words: VLDM (writing the pointer back when that is the bump
+        the loop needs anyway) or VLDR; f16 halves are then widened with VCVTB/VCVTT."""
+        if id(run.loads[0][0].result) in self.vals:
+            return
+        c = run.cls
+        n = len(run.words)
+        if c in self.computed:
+            p, _ = self.computed_address(run.loads[0][0])
+            self._emit_words(run, p, run.words[0], False)
+            return
+        off = run.words[0] + self.pending.get(c, 0)
+        if not -1020 <= off <= 1020 - 4 * (n - 1):
+            self.flush(c)
+            off = run.words[0]
+        p = self.ptr[c]
+        wb = off == 0 and self._may_write_back(c, 4 * n)
+        self._emit_words(run, p, off, wb)
+
+    def _emit_words(self, run: _Run, p: Value, off: int, wb: bool) -> None:
+        c = run.cls
+        n = len(run.words)
+        if n == 1 and not wb or off != 0 and n < 3:
+            words = [self.emit1("vldr", [p], self.sreg(), offset=off + 4 * k) for k in range(n)]
+        else:
+            base = p if off == 0 else self.add_const(p, off, self.reg())
+            types = [self.sreg() for _ in range(n)] + ([p.type] if wb else [])
+            op = self.emit("vldm", [base], types, writeback=wb or None)
+            words = op.results[:n]
+            if wb:
+                self.ptr[c] = op.results[-1]
+                self.pending[c] = self.pending.get(c, 0) - 4 * n
+        halves: dict[tuple[int, int], Value] = {}
+        for ld, k, h in run.loads:
+            if h < 0:
+                self.vals[id(ld.result)] = words[k]
+                continue
+            if (k, h) not in halves:
+                mn = "vcvtt.f32.f16" if h else "vcvtb.f32.f16"
+                halves[(k, h)] = self.emit1(mn, [words[k]], self.sreg())
+            self.vals[id(ld.result)] = halves[(k, h)]
+
+    def _may_write_back(self, c: PtrClass, nbytes: int) -> bool:
+        """Whether advancing pointer `c` by `nbytes` now stays within this iteration's bump."""
+        f = self.block_loop
+        if not isinstance(f, self.L.For) or id(f.iv) not in c.terms:
+            return False
+        if any(isinstance(o, self.L.For) for o in f.body.block.ops):
+            return False  # the bumps are applied before the inner loop: nothing to gain
+        bump = c.terms[id(f.iv)] * f.step * self.bufs[c.buf].esize
+        return -self.pending.get(c, 0) + nbytes <= bump
+
+    # ------------------------------------------------------------------ precolored S registers
+
+    def take_s(self, owner: Value) -> int:
+        if not self.s_free:
+            raise self.src.error("needs more than 16 accumulators and predicated results live at "
+                                 "once; use smaller tile sizes")
+        n = self.s_free.pop(0)
+        self.own(owner, n)
+        return n
+
+    def own(self, owner: Value, n: int) -> None:
+        self.precolored[id(owner)] = n
+        self.owners[n] = self.owners.get(n, 0) + 1
+
+    def _release(self, v: Value) -> None:
+        n = self.precolored.pop(id(v), None)
+        if n is None:
+            return
+        self.owners[n] -= 1
+        if self.owners[n] == 0:
+            self.s_free.insert(0, n)
+            self.s_free.sort()
+
+    def take_core(self) -> int:
+        if not self.core_free:
+            raise self.src.error("needs more loop counters and pointers than there are registers "
+                                 "(loop nest too deep)")
+        return self.core_free.pop(0)
+
+    # ------------------------------------------------------------------ ops
+
+    def val(self, v: Value) -> Value:
+        if id(v) in self.relu_of and id(v) not in self.vals:
+            self.vals[id(v)] = self.emit1("vmov", [self.relu_bits(v)], self.sreg())
+        if id(v) in self.const_ops:
+            return self.constant(v)
+        if id(v) not in self.vals and id(v) in self.run_of:
+            self.emit_run(self.run_of[id(v)])
+        t = self.vals.get(id(v))
+        if t is None:
+            raise self.src.error(f"uses {v.name_hint or 'a value'} that has no register")
+        return t
+
+    def lower_op(self, op: Operation) -> None:
+        L = self.L
+        handler = self.HANDLERS.get(op.name)
+        if handler is None:
+            if isinstance(op, L._Pure) and op.elem != f32 or op.name in ("loop.sitofp", "loop.acc_smlad"):
+                raise op.error("integer arithmetic needs the int8 code generator, which does not exist yet")
+            raise op.error("has no Thumb lowering")
+        handler(self, op)
+
+    def op_for(self, f: Operation) -> None:
+        n = f.trip_count
+        if n == 0:
+            return
+        own = [c for c in self.keys_of_loop.get(id(f), ()) if id(f) in c.homes and c not in self.computed]
+        mine = [c for c in self.keys_of_loop.get(id(f), []) if c not in self.computed]
+        for c in own:
+            buf = self.bufs[c.buf]
+            self.ptr[c] = self.add_const(buf.base, buf.offset + c.window * WINDOW, self.reg(self.take_core()))
+        for c in mine:
+            self.pending[c] = self.pending.get(c, 0) + c.terms[id(f.iv)] * f.lb * self.bufs[c.buf].esize
+        self.flush_all()
+        counter = None
+        if n > 1:
+            cnum = self.take_core()
+            counter = self.const_core(n, self.reg(cnum))
+            self.counter_of[id(f)] = counter
+        head = self.new_label(self.kname)
+        self.label(head)
+        self.lower_block(f.body.block)
+        self.src = f
+        for c in mine:
+            self.pending[c] = self.pending.get(c, 0) + c.terms[id(f.iv)] * f.step * self.bufs[c.buf].esize
+        if n > 1:
+            self.flush_all()
+            self.emit("sub", [counter], [self.reg(cnum)], imm=1, setflags=True)
+            self.emit("b", target=SymbolRef(head), cond="ne")
+            self.core_free.append(cnum)
+        for c in mine:
+            if id(f) not in c.homes:
+                # back to the value between loops: undo the start and the n bumps
+                back = c.terms[id(f.iv)] * (f.lb + n * f.step) * self.bufs[c.buf].esize
+                self.pending[c] = self.pending.get(c, 0) - back
+        for c in own:
+            self.pending.pop(c, None)
+            self.core_free.append(self.ptr.pop(c).type.num)
+        self.core_free.sort(key=self.core_pool.index)
+
+    def flush(self, c: PtrClass) -> None:
+        d = self.pending.pop(c, 0)
+        if d and c in self.ptr:
+            p = self.ptr[c]
+            self.ptr[c] = self.add_const(p, d, p.type)
+
+    def flush_all(self) -> None:
+        for c in list(self.pending):
+            self.flush(c)
+
+    def address(self, op: Operation) -> tuple[Value, int]:
+        """(base register, byte offset) for a load or store."""
+        key, rel = self._key(op)
+        if not key.terms:
+            # a fixed address: one base register per buffer window, shared in this block
+            for scope in reversed(self.const_scopes):
+                if (key.buf, key.window) in scope:
+                    return scope[(key.buf, key.window)], rel
+            buf = self.bufs[key.buf]
+            base = self.add_const(buf.base, buf.offset + key.window * WINDOW, self.reg())
+            self.const_scopes[-1][(key.buf, key.window)] = base
+            return base, rel
+        c = self.class_of[id(op)]
+        if c in self.computed:
+            return self.computed_address(op)
+        lo, hi = (-1020, 1020) if self.bufs[key.buf].esize == 4 else (0, 4095)
+        if not lo <= rel + self.pending.get(c, 0) <= hi:
+            self.flush(c)
+        # the pointer may lag its nominal value by the pending bumps: fold them into the offset
+        return self.ptr[c], rel + self.pending.get(c, 0)
+
+    def op_load(self, op: Operation) -> None:
+        base, rel = self.address(op)
+        buf = self.bufs[id(op.buffer)]
+        if buf.elem == f16:
+            h = self.emit1("ldrh", [base], self.reg(), offset=rel)
+            s = self.emit1("vmov", [h], self.sreg())
+            self.vals[id(op.result)] = self.emit1("vcvtb.f32.f16", [s], self.sreg())
+        elif buf.elem == f32:
+            self.vals[id(op.result)] = self.emit1("vldr", [base], self.sreg(), offset=rel)
+        else:
+            raise op.error(f"loads of {buf.elem} need the int8 code generator")
+
+    def op_store(self, op: Operation) -> None:
+        base, rel = self.address(op)
+        buf = self.bufs[id(op.buffer)]
+        if buf.elem != f32:
+            raise op.error(f"stores to {buf.elem} buffers are not supported by the float code generator")
+        if id(op.value) in self.relu_of and id(op.value) not in self.vals and -255 <= rel <= 4095:
+            self.emit("str", [self.relu_bits(op.value), base], offset=rel)
+            return
+        self.emit("vstr", [self.val(op.value), base], offset=rel)
+
+    def op_const(self, op: Operation) -> None:
+        """Constants are built where they are used (see `constant`), not where they are defined:
+        canonicalize hoists them to the kernel's top, and keeping them in registers over the
+        whole kernel would cost spills in the register-hungry reduction loops."""
+        if op.result.type != f32:
+            raise op.error("integer constants need the int8 code generator")
+        self.const_ops[id(op.result)] = op
+
+    def constant(self, v: Value) -> Value:
+        """The register holding constant `v` in the current block (built on first use there, or
+        before the loop that uses it)."""
+        for scope in reversed(self.const_scopes):
+            if id(v) in scope:
+                return scope[id(v)]
+        src, self.src = self.src, self.const_ops[id(v)]
+        t = self.const_f32(self.const_ops[id(v)].value)
+        self.src = src
+        self.const_scopes[-1][id(v)] = t
+        return t
+
+    def op_neg(self, op: Operation) -> None:
+        self.vals[id(op.result)] = self.emit1("vneg.f32", [self.val(op.a)], self.sreg())
+
+    def op_fma(self, op: Operation) -> None:
+        t = self.emit1("vmul.f32", [self.val(op.a), self.val(op.b)], self.sreg())
+        self.vals[id(op.result)] = self.emit1("vadd.f32", [t, self.val(op.c)], self.sreg())
+
+    def op_call(self, op: Operation) -> None:
+        """A float op computed by a math routine (mathlib.OP_ROUTINES): s0 in, s0 out, AAPCS."""
+        from ml4f.compiler.lowering.mathlib import OP_ROUTINES
+        name = OP_ROUTINES[op.name]
+        self.routines.add(name)
+        self.emit1("vmov.f32", [self.val(op.a)], self.sreg(0))
+        self.emit("bl", target=SymbolRef(name))
+        r = self.get_register(self.sreg(0))
+        self.vals[id(op.result)] = self.emit1("vmov.f32", [r], self.sreg())
+
+    def predicated_move(self, op: Operation, keep: Value, other: Value, cond: str) -> None:
+        """result = keep, then `other` when `cond` holds (flags already set)."""
+        # `keep` may die here: its register can then take the result (it is copied first)
+        dying = self.release_after.get(id(op), [])
+        for v in [v for v in dying if self.vals.get(id(v)) is keep]:
+            dying.remove(v)
+            self._release(v)
+        n = self.take_s(op.result)
+        r0 = keep if keep.type.num == n else self.emit1("vmov.f32", [keep], self.sreg(n))
+        self.block.append(self.T.It([], [], {"cond": cond}, origin=self.src))
+        self.emit("vmov.f32", [other], [self.sreg(n)], cond=cond)
+        # the register holds the result after the predicated move (the same physical register)
+        self.vals[id(op.result)] = r0
+
+    def compare(self, a: Value, b: Value) -> None:
+        self.emit("vcmp.f32", [a, b])
+        self.emit("vmrs")
+
+    def op_maxmin(self, op: Operation) -> None:
+        zero = [v for v in (op.a, op.b) if id(v) in self.const_ops and self.const_ops[id(v)].value == 0.0
+                and not math.copysign(1.0, self.const_ops[id(v)].value) < 0]
+        if op.name == "loop.maxf" and zero:
+            # relu on the bits: clear the word when the sign is set (3 cycles, no IT block); a
+            # store of the result takes the core register as it is
+            # built where it is used: computing a row of them before their stores would keep
+            # them all live in core registers
+            x = op.b if zero[0] is op.a else op.a
+            self.relu_of[id(op.result)] = x
+            if id(x) in self.precolored:
+                self.own(op.result, self.precolored[id(x)])
+            return
+        a, b = self.val(op.a), self.val(op.b)
+        self.compare(a, b)
+        self.predicated_move(op, a, b, "mi" if op.name == "loop.maxf" else "gt")
+
+    def relu_bits(self, v: Value) -> Value:
+        """A core register with the bits of max(x, 0) for v = maxf(x, 0.0)."""
+        r = self.emit1("vmov", [self.val(self.relu_of[id(v)])], self.reg())
+        return self.emit1("bic", [r, r], self.reg(), shift="asr #31")
+
+    def op_cmpf(self, op: Operation) -> None:
+        for user, _ in op.result.uses:
+            if not isinstance(user, self.L.Select) or user.c is not op.result:
+                raise op.error("is only supported as the condition of loop.select")
+        self.flag_src[id(op.result)] = op
+
+    def op_select(self, op: Operation) -> None:
+        c = self.flag_src.get(id(op.c))
+        if c is None:
+            raise op.error("needs its condition from a loop.cmpf")
+        self.compare(self.val(c.a), self.val(c.b))
+        self.predicated_move(op, self.val(op.b), self.val(op.a), FLOAT_COND[c.pred])
+
+    def op_acc(self, op: Operation) -> None:
+        if op.result.type.elem != f32:
+            raise op.error("integer accumulators need the int8 code generator")
+        n = self.take_s(op.result)
+        self.vals[id(op.result)] = self.emit1("vmov.f32", [self.val(op.init)], self.sreg(n))
+
+    def op_acc_add(self, op: Operation) -> None:
+        acc = self.val(op.acc)
+        self.emit("vadd.f32", [acc, self.val(op.a)], [acc.type])
+
+    def op_acc_fma(self, op: Operation) -> None:
+        prod = self.emit1("vmul.f32", [self.val(op.a), self.val(op.b)], self.sreg())
+        self.pending_fma.append((op, prod))
+
+    def op_acc_max(self, op: Operation) -> None:
+        acc = self.val(op.acc)
+        self.compare(acc, self.val(op.a))
+        self.block.append(self.T.It([], [], {"cond": "mi"}, origin=self.src))
+        self.emit("vmov.f32", [self.val(op.a)], [acc.type], cond="mi")
+
+    def op_acc_read(self, op: Operation) -> None:
+        acc = self.val(op.acc)
+        self.own(op.result, acc.type.num)
+        self.vals[id(op.result)] = acc
+
+    HANDLERS: ClassVar[dict[str, Callable[..., None]]] = {}
+
+
+def _binary(mn: str) -> Callable[[_Lowering, Operation], None]:
+    def lower(self: _Lowering, op: Operation) -> None:
+        self.vals[id(op.result)] = self.emit1(mn, [self.val(op.a), self.val(op.b)], self.sreg())
+    return lower
+
+
+_Lowering.HANDLERS.update({
+    "loop.for": _Lowering.op_for, "loop.load": _Lowering.op_load, "loop.store": _Lowering.op_store,
+    "loop.const": _Lowering.op_const, "loop.addf": _binary("vadd.f32"), "loop.subf": _binary("vsub.f32"),
+    "loop.mulf": _binary("vmul.f32"), "loop.divf": _binary("vdiv.f32"), "loop.maxf": _Lowering.op_maxmin,
+    "loop.minf": _Lowering.op_maxmin, "loop.negf": _Lowering.op_neg, "loop.fma": _Lowering.op_fma,
+    "loop.exp": _Lowering.op_call, "loop.cmpf": _Lowering.op_cmpf, "loop.select": _Lowering.op_select,
+    "loop.acc": _Lowering.op_acc, "loop.acc_add": _Lowering.op_acc_add, "loop.acc_fma": _Lowering.op_acc_fma,
+    "loop.acc_max": _Lowering.op_acc_max, "loop.acc_read": _Lowering.op_acc_read,
+})
+
+
+@dataclass
+class ThumbFunction:
+    """The result of lowering one loop.func: the thumb.func plus what the driver needs besides."""
+
+    func: Operation
+    weights: bytes
+    weights_elided: bool
+    layer_labels: list[tuple[str, str]]
+    routines: set[str]
+
+
+def lower_func(func: Operation, module: Module, unroll: int = 0, pack: bool = True,
+               loop_registers: int = 0) -> ThumbFunction:
+    """Lower one planned loop.func to a thumb.func on virtual (and precolored) registers.
+
+    `unroll`: 0 picks the unroll factor of innermost reduction loops automatically, 1 keeps them,
+    k > 1 unrolls them by k. `pack` interleaves output channels of weights (`pack_weights`).
+    `loop_registers` (0: the whole pool) bounds the core registers for counters and pointers.
+    The loop function is rewritten in place (unrolled loops, packed weights): it still computes
+    the same, and the returned weights blob matches it.
+    """
+    lw = _Lowering(func, module, unroll, pack, loop_registers)
+    tf = lw.run()
+    return ThumbFunction(tf, bytes(lw.layout.blob), lw.layout.elided, lw.layer_labels, lw.routines)
+
+
+@register_pass
+@dataclass(frozen=True)
+class LowerToThumb(ModulePass):
+    """Selects Thumb-2/FPv4 instructions for every loop.func (virtual registers; see the module doc).
+
+    Option pack (default true) interleaves the output channels of weight buffers in fours.
+    Option unroll: 0 (default) unrolls innermost reduction loops by the largest factor whose
+    values fit in registers, 1 keeps them, k > 1 unrolls by k. Option loop_registers (0: all
+    of r2-r12) bounds the core registers kept for loop counters and pointers; the addresses of
+    pointers that do not fit are computed from the counters.
+    The functions must have been planned (plan-memory). The weights leave the IR here: the code
+    reads them from the blob at the header's weights_offset (`WeightsLayout`: the loop.weights
+    buffers in order, 4-aligned), which `ml4f.compiler.codegen.generate` returns with the code.
+    Example: ml4f-opt model.l4f --lower-to-loops --tile -p 'plan-memory,lower-to-thumb{unroll=1}' 
+    """
+
+    name: ClassVar[str] = "lower-to-thumb"
+    unroll: int = 0
+    pack: bool = True
+    loop_registers: int = 0
+
+    def apply(self, ctx: Context, module: Module) -> None:
+        L = _loop()
+        if self.unroll < 0:
+            raise CompileError(f"unroll must be 0 (automatic), 1 (none) or a factor, got {self.unroll}")
+        if self.loop_registers and self.loop_registers < 2:
+            raise CompileError(f"loop_registers must be 0 (all) or at least 2, got {self.loop_registers}")
+        for op in list(module.ops):
+            if isinstance(op, L.Func):
+                new = lower_func(op, module, self.unroll, self.pack, self.loop_registers).func
+                module.body.insert_before(op, new)
+                _erase_tree(module.body, op)
+
+
+def _erase_tree(block: Block, op: Operation) -> None:
+    for inner in reversed(list(op.walk())):
+        inner.drop_operands()
+        for r in inner.results:
+            r.uses.clear()
+    block.ops.remove(op)
+    op.parent = None
