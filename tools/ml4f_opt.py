@@ -12,6 +12,8 @@ import sys
 from ml4f.tools._cli import read_text, run_main
 
 SPLIT_MARKER = re.compile(r"^// -----\s*$", re.M)
+# DESIGN §3 spells some passes shorter on the command line.
+FLAG_ALIASES = {"regalloc": "thumb-regalloc", "schedule": "thumb-schedule"}
 
 HELP_EPILOG = """\
 passes: any registered pass also works as a flag, `--NAME` or `--NAME=VALUE` (the value goes to the
@@ -25,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ml4f-opt", description="Run ml4f passes on a .l4f file.",
                                 epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", default="-", help="input .l4f file ('-' for stdin)")
-    p.add_argument("-p", "--pass-pipeline", default="", help="passes, e.g. 'a,b{k=v k2=v2}'")
+    p.add_argument("-p", "--pass-pipeline", default="", help="passes, e.g. 'a,b{k=v k2=v2}' "
+                   "(pipelines and pass flags run in command-line order)")
     p.add_argument("-o", "--output", default="-", help="output file (default stdout)")
     p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--verify-each", dest="verify_each", action="store_true", default=True,
@@ -36,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify-diagnostics", action="store_true",
                    help="check errors against expected-error comments")
     p.add_argument("--elide-weights", action="store_true", help="print resources as __elided__")
+    p.add_argument("--emit", choices=("ir", "asm", "bin"), default="ir",
+                   help="after the passes, print the IR (default), the GNU assembly of the thumb "
+                        "functions, or their machine code (raw bytes, as ml4f-as writes)")
     p.add_argument("--list-ops", action="store_true", help="list every op with its documentation")
     p.add_argument("--list-passes", action="store_true", help="list every pass with its options")
     p.add_argument("--debug", action="store_true", help="show a traceback on errors")
@@ -46,27 +52,55 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(_main, argv)
 
 
+def _ordered_steps(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[tuple]]:
+    """Split pass flags and -p pipelines (in command-line order, as mlir-opt runs them) from the
+    other arguments."""
+    options = set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public listing
+    rest: list[str] = []
+    steps: list[tuple] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-p", "--pass-pipeline"):
+            if i + 1 == len(argv):
+                parser.error(f"{a} needs a pipeline")
+            steps.append(("pipeline", argv[i + 1]))
+            i += 2
+            continue
+        if a.startswith("--pass-pipeline="):
+            steps.append(("pipeline", a.split("=", 1)[1]))
+        elif a.startswith("-p") and not a.startswith("--"):
+            steps.append(("pipeline", a[2:]))
+        elif (m := re.fullmatch(r"--([A-Za-z0-9_-]+)(?:=(.*))?", a)) and f"--{m.group(1)}" not in options:
+            steps.append(("flag", m.group(1), m.group(2)))
+        else:
+            rest.append(a)
+        i += 1
+    return rest, steps
+
+
 def _main(argv: list[str]) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    flag_passes = []
-    for item in extra:
-        m = re.fullmatch(r"--([A-Za-z0-9_-]+)(?:=(.*))?", item)
-        if not m:
-            parser.error(f"unrecognized argument: {item}")
-        flag_passes.append((m.group(1), m.group(2)))
+    rest, steps = _ordered_steps(argv, parser)
+    args = parser.parse_args(rest)
 
     if args.list_ops:
         return list_ops()
     if args.list_passes:
         return list_passes()
 
-    from ml4f.compiler.passes import make_pass, load_all_passes, parse_pipeline
     import dataclasses
+
     from ml4f.compiler.diagnostics import CompileError
+    from ml4f.compiler.passes import load_all_passes, make_pass, parse_pipeline
 
     passes = []
-    for name, value in flag_passes:
+    for step in steps:
+        if step[0] == "pipeline":
+            passes.extend(parse_pipeline(step[1]))
+            continue
+        _, name, value = step
+        name = FLAG_ALIASES.get(name, name)
         known = load_all_passes()
         if name not in known:
             parser.error(f"unrecognized argument: --{name} (not an option nor a pass; see --list-passes)")
@@ -77,8 +111,6 @@ def _main(argv: list[str]) -> int:
                 parser.error(f"pass --{name} takes no value")
             opts[fields[0].name] = value
         passes.append(make_pass(name, opts))
-    if args.pass_pipeline:
-        passes.extend(parse_pipeline(args.pass_pipeline))
 
     text = read_text(args.file)
     file = "<stdin>" if args.file == "-" else args.file
@@ -92,6 +124,17 @@ def _main(argv: list[str]) -> int:
         outputs.append(_process(chunk, file, line_offset, passes, args))
     if args.verify_diagnostics:
         return 1 if failures else 0
+    if args.emit == "bin":
+        data = b"".join(outputs)
+        if args.output == "-":
+            sys.stdout.buffer.write(data)
+        else:
+            try:
+                with open(args.output, "wb") as f:
+                    f.write(data)
+            except OSError as e:
+                raise CompileError(f"cannot write output: {e.strerror}") from None
+        return 0
     result = "// -----\n".join(outputs)
     if args.output == "-":
         sys.stdout.write(result)
@@ -130,7 +173,35 @@ def _process(text: str, file: str, line_offset: int, passes: list, args: argpars
 
     PassManager(passes, verify_each=args.verify_each,
                 print_after_all=dump if args.print_after_all else None).run(ctx, module)
-    return print_module(module, elide_weights=args.elide_weights)
+    if args.emit == "ir":
+        return print_module(module, elide_weights=args.elide_weights)
+    return _emit_machine(module, file, args.emit)
+
+
+def _emit_machine(module, file: str, emit: str):
+    """The thumb functions of `module` as GNU assembly, or assembled to bytes."""
+    from ml4f.compiler.diagnostics import CompileError, Loc
+    from ml4f.dialects.thumb import print_asm
+    from ml4f.dialects.thumb.registers import RegType, SRegType
+
+    funcs = [op for op in module.ops if op.name == "thumb.func"]
+    if not funcs:
+        raise CompileError(f"--emit={emit} needs thumb functions (run --lower-to-thumb and --regalloc "
+                           "first)", Loc(file))
+    for f in funcs:
+        for op in f.walk():
+            for v in [*op.operands, *op.results]:
+                if isinstance(v.type, (RegType, SRegType)) and not v.type.allocated:
+                    raise op.error(f"--emit={emit} needs physical registers: run --regalloc first")
+    from ml4f.compiler.lowering.mathlib import ROUTINES, routines_text
+
+    calls = {str(op.target)[1:] for f in funcs for op in f.walk() if op.name == "thumb.bl"}
+    text = "".join(print_asm([f]) for f in funcs) + routines_text(calls & ROUTINES.keys())
+    if emit == "asm":
+        return text
+    from ml4f.compiler.backend.assembler import assemble
+
+    return assemble(text, f"{file} (assembly)")
 
 
 _EXPECT = re.compile(r"//\s*expected-(error|warning|note)\s*(@[+-]?\d+)?\s*\{\{(.*?)\}\}")
