@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs ml4f and runs the main job on the bundled gesture model (ML4F's own TF.js example):
-# import it to the layer dialect, fold and fuse with the layer passes, and run the result on a
-# seeded random input with the NumPy references.
+# Installs ml4f and compiles the bundled gesture model (ML4F's own TF.js example) end to end:
+# import, layer and loop passes, Thumb-2 code, the built-in assembler, then a run of the binary in
+# the Cortex-M4 emulator that validates it against the layer references. Then runs the binary once
+# more with ml4f-run and compiles it again with float16 weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e .
 out=${1:-built}
-ml4f examples/gestures.tfjsmodel.json --emit l4f -o "$out" -b gestures
-ml4f-opt "$out/gestures.l4f" -p 'canonicalize,fold-batchnorm,fuse-activations' -o "$out/gestures.opt.l4f"
-ml4f-opt "$out/gestures.opt.l4f" --elide-weights
-ml4f-run "$out/gestures.opt.l4f"
+ml4f examples/gestures.tfjsmodel.json -o "$out" -b gestures --stats
+ls -l "$out"/gestures.*
+ml4f-run "$out/gestures.bin"
+ml4f examples/gestures.tfjsmodel.json -o "$out" -b gestures16 --float16

@@ -1,26 +1,26 @@
 """ml4f: compile a trained model for a Cortex-M4F.
 
-    ml4f model.h5 --emit l4f -o built -b model      # writes built/model.l4f (the imported layer IR)
+    ml4f model.h5                         # built/model.bin .s .h .l4f .json, validated in the emulator
+    ml4f model.h5 --float16 --stats       # f16 weights; print the per-layer table
+    ml4f model.h5 --eval test.json        # accuracy and confusion matrix of the binary
+    ml4f model.h5 --emit l4f|loops|thumb  # stop after that stage and write its IR
 
 MODEL is a Keras .h5/.keras file, a TF.js model.json or ML4F JSON, a .tflite or .onnx file, a
-SavedModel directory, or a .l4f file. The stages after import (loop and Thumb code, the binary) are
-requested with `--emit loops|thumb` or by default; this build stops after the import.
-Imports stay inside functions so that `--help` answers before NumPy loads.
+SavedModel directory, or a .l4f file. The work is `ml4f.compiler.pipeline`; this module reads the
+options, shows progress and the summary, and writes the files. Imports stay inside functions so that
+`--help` answers before NumPy loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from typing import Any
 
 from ml4f.tools._cli import run_main
 
 EMIT_CHOICES = ("l4f", "loops", "thumb")
-# Files at least this large get a progress bar while they are read.
-PROGRESS_BYTES = 1 << 20
+TARGET_CHOICES = ("cortex-m4f", "cortex-m7", "cortex-m33")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='test data {"x": [...], "y": [...]}: accuracy and confusion matrix')
     p.add_argument("-t", "--test-data", action="store_true",
                    help="embed a test input and output in the binary")
-    p.add_argument("--target", default="cortex-m4f", choices=("cortex-m4f", "cortex-m7", "cortex-m33"))
+    p.add_argument("--target", default="cortex-m4f", choices=TARGET_CHOICES,
+                   help="the core (cortex-m7 and cortex-m33 run the same code as cortex-m4f)")
     p.add_argument("--stats", action="store_true", help="print a per-layer table")
     p.add_argument("--elide-weights", action="store_true", help="write .l4f files without the weight data")
     p.add_argument("-v", "--verbose", action="store_true", help="say what is done")
@@ -55,95 +56,112 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from ml4f.compiler import pipeline
     from ml4f.compiler.diagnostics import CompileError, Loc
-    from ml4f.compiler.importers import import_model
 
-    needs_code = [flag for flag, on in (("--int8", args.int8), ("--eval", args.eval),
-                                        ("--test-data", args.test_data), ("--stats", args.stats),
-                                        ("--calibration", args.calibration)) if on]
-    if args.emit == "l4f" and needs_code:
-        raise CompileError(f"{', '.join(needs_code)} needs code generation, which --emit l4f stops before",
-                           Loc("ml4f"))
-
-    start = time.perf_counter()
-    with _progress(args.model, args.verbose) as progress:
-        module = import_model(args.model, progress=progress)
-    if args.float16:
-        weights_to_float16(module)
-    seconds = time.perf_counter() - start
-    if args.emit != "l4f":
-        # Code generation lands in a later stage of the project; say so instead of writing anything.
-        want = f"--emit {args.emit}" if args.emit else "a binary"
-        raise CompileError(f"{want} is not available yet: this build imports models only; use --emit l4f "
-                           "to write the imported layer IR", Loc("ml4f"))
-
-    from ml4f.compiler.printer import print_module
-
-    os.makedirs(args.output, exist_ok=True)
-    out = os.path.join(args.output, f"{args.basename}.l4f")
-    text = print_module(module, elide_weights=args.elide_weights)
-    with open(out, "w", encoding="utf-8") as f:
-        f.write(text)
+    needs_code = [flag for flag, on in (("--eval", args.eval), ("--test-data", args.test_data),
+                                        ("--stats", args.stats)) if on]
+    if args.emit and needs_code:
+        raise CompileError(f"{', '.join(needs_code)} needs the binary, which --emit {args.emit} stops "
+                           "before", Loc("ml4f"))
+    if args.calibration and not args.int8:
+        raise CompileError("--calibration goes with --int8", Loc("ml4f"))
+    options = pipeline.Options(float16=args.float16, validate=not args.no_validate,
+                               test_data=args.test_data, target=args.target, int8=args.int8,
+                               emit=args.emit, elide_weights=args.elide_weights)
+    console = _console()
+    with _Progress(console, args.verbose) as progress:
+        result = pipeline.compile_model(args.model, options, progress=progress.stage)
+        if args.eval:
+            progress.stage("eval")
+            x, y = pipeline.load_eval_data(args.eval, result)
+            pipeline.evaluate(result, x, y, progress.samples)
+    paths = pipeline.write_outputs(result, args.output, args.basename)
+    if args.emit:
+        if args.verbose:
+            console.print(f"{args.model} -> {paths[0]} ({result.compile_seconds:.2f} s)")
+        return 0
+    if args.eval:
+        print(pipeline.format_eval(result.evaluation), end="")
+    if args.stats:
+        _print_table(console, result)
+    for line in pipeline.describe(result):
+        console.print(line, highlight=False)
     if args.verbose:
-        ops, params = model_summary(module)
-        print(f"{args.model}: {ops} layer ops, {params:,} parameters, imported in {seconds:.2f} s -> {out}",
-              file=sys.stderr)
+        console.print("wrote " + ", ".join(paths), highlight=False)
     return 0
 
 
-def weights_to_float16(module: Any) -> None:
-    """Store every float32 weight resource as float16 (round to nearest even), in place."""
-    import numpy as np
-    from ml4f.compiler.ir import Resource
-    from ml4f.compiler.types import TensorType, f16, f32
+def _console() -> Any:
+    from rich.console import Console
 
-    converted: dict[int, Resource] = {}
-    for op in module.walk():
-        for key, v in list(op.attributes.items()):
-            if isinstance(v, Resource) and v.type.elem == f32:
-                if id(v) not in converted:
-                    converted[id(v)] = Resource(v.name, TensorType(v.type.shape, f16),
-                                                v.array().astype(np.float16))
-                op.attributes[key] = converted[id(v)]
+    # A pipe gets a wide table (rich would otherwise assume 80 columns and cut cells).
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
-def model_summary(module: Any) -> tuple[int, int]:
-    """(layer ops, weight parameters) of a module."""
-    from ml4f.compiler.ir import Resource
+def _print_table(console: Any, result: Any) -> None:
+    """The per-layer table (--stats) with totals."""
+    from ml4f.compiler.pipeline import summary_rows
+    from rich.table import Table
 
-    ops = [op for op in module.walk() if op.name.startswith("layer.") and op.name not in
-           ("layer.model", "layer.input", "layer.output")]
-    return len(ops), sum(r.type.size for r in module.resources() if isinstance(r, Resource))
+    table = Table(title=f"{result.model_name} ({result.weights_type} weights)")
+    for col, right in (("layer", False), ("op", False), ("output", False), ("MACs", True), ("cycles", True),
+                       ("cycles/MAC", True), ("code B", True), ("weights B", True)):
+        table.add_column(col, justify="right" if right else "left")
+    for row in summary_rows(result):
+        table.add_row(*row)
+    other = result.cycles - sum(layer.cycles for layer in result.layers)
+    table.add_row("(entry, exit)", "", "", "", f"{other:,}", "", "", "", style="dim")
+    cpm = f"{result.cycles / result.macs:.2f}" if result.macs else "-"
+    table.add_row("total", "", "", f"{result.macs:,}", f"{result.cycles:,}", cpm, f"{result.code_bytes:,}",
+                  f"{result.weights_bytes:,}", style="bold")
+    console.print(table)
 
 
-class _progress:
-    """A rich progress bar on stderr while a large model is read (none for small files or pipes)."""
+class _Progress:
+    """Which stage is running: on a terminal, a spinner that appears once the compile has taken a
+    second (quick compiles print nothing extra); with -v, one line per finished stage and its time."""
 
-    def __init__(self, path: str, verbose: bool):
-        size = os.path.getsize(path) if os.path.isfile(path) else 0
-        self.enabled = size >= PROGRESS_BYTES and (verbose or sys.stderr.isatty())
-        self.bar: Any = None
-        self.tasks: dict[str, Any] = {}
+    def __init__(self, console: Any, verbose: bool):
+        self.verbose = verbose
+        self.status: Any = None
+        self.timer: Any = None
+        self.current: str | None = None
 
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return None
-        from rich.console import Console
-        from rich.progress import Progress
+    def __enter__(self) -> _Progress:  # noqa: PYI034 - a private class, never subclassed
+        import threading
+        import time
 
-        self.bar = Progress(console=Console(stderr=True), transient=True)
-        self.bar.start()
-        return self.update
+        self.clock = time.perf_counter
+        self.t0 = self.clock()
+        if sys.stderr.isatty():
+            from rich.console import Console
 
-    def update(self, description: str, completed: int, total: int) -> None:
-        task = self.tasks.get(description)
-        if task is None:
-            task = self.tasks[description] = self.bar.add_task(description, total=total or None)
-        self.bar.update(task, completed=completed, total=total or None)
+            self.status = Console(stderr=True).status("ml4f", spinner="dots")
+            self.timer = threading.Timer(1.0, self.status.start)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+    def stage(self, name: str) -> None:
+        now = self.clock()
+        if self.verbose and self.current is not None:
+            print(f"  {self.current}: {now - self.t0:.2f} s", file=sys.stderr)
+        self.current, self.t0 = name, now
+        if self.status is not None:
+            self.status.update(f"{name}...")
+
+    def samples(self, done: int, total: int) -> None:
+        if self.status is not None:
+            self.status.update(f"{self.current} {done}/{total}...")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.status is not None:
+            self.status.stop()
+        if self.verbose and self.current is not None and exc[0] is None:
+            print(f"  {self.current}: {self.clock() - self.t0:.2f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -214,3 +214,46 @@ class Canonicalize(ModulePass):
                     origin = op.origin
                     Rewriter.replace_op(op, [new])
                     new.origin = origin  # a rewrite within the dialect, not a lowering
+
+
+# ----------------------------------------------------------------------------- convert-weights
+
+
+@register_pass
+@dataclass(frozen=True)
+class ConvertWeights(ModulePass):
+    """Stores every float weight of the float layer ops as `type` (f16 or f32), rounding to nearest even.
+
+    Only the storage changes: the references and the generated code widen f16 weights to f32 when
+    they load them, so the model computes with f16-rounded weights in float32. Run it after
+    fold-batchnorm, so that the folded kernel is rounded once. int8 ops keep their weights. A
+    resource shared by several ops is converted once and stays shared.
+
+        %y = layer.dense %x {kernel = dense_resource<fc.k>} : tensor<1x4xf32>   (fc.k : ...xf32)
+      with -p 'convert-weights{type=f16}' keeps the op and stores fc.k as tensor<...xf16>.
+    """
+
+    name: ClassVar[str] = "convert-weights"
+    type: str = "f16"
+
+    def apply(self, ctx: Context, module: Module) -> None:
+        from ml4f.compiler.diagnostics import CompileError
+        from ml4f.compiler.types import f16
+
+        targets = {"f16": f16, "f32": f32}
+        if self.type not in targets:
+            raise CompileError(f"pass 'convert-weights' option 'type' must be f16 or f32, got '{self.type}'")
+        elem = targets[self.type]
+        converted: dict[int, Resource] = {}
+        for model in _models(module):
+            for op in model.body.block.ops:
+                if getattr(op, "quantized", False):
+                    continue
+                for key, v in list(op.attributes.items()):
+                    if not isinstance(v, Resource) or not isinstance(v.type.elem, FloatType) or \
+                            v.type.elem == elem:
+                        continue
+                    if id(v) not in converted:
+                        converted[id(v)] = Resource(v.name, TensorType(v.type.shape, elem),
+                                                    v.array().astype(np.float16 if elem == f16 else np.float32))
+                    op.attributes[key] = converted[id(v)]
