@@ -154,3 +154,12 @@ def test_help_starts_fast() -> None:
             "print(time.perf_counter()-t, 'numpy' in sys.modules, 'lark' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     assert out[1:] == ["False", "False"]
+
+
+@pytest.mark.parametrize("tool", ["ml4f_opt", "ml4f_run", "ml4f_as", "ml4f"])
+def test_usage_errors_are_one_line_with_status_1(tool: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", f"ml4f.tools.{tool}", "--no-such-option", "x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()
+    assert "error:" in line and "--no-such-option" in line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable
 
@@ -34,3 +35,12 @@ def run_main(body: Callable[[list[str]], int], argv: list[str] | None = None) ->
         print(f"internal error: {type(e).__name__}: {e} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line, exit status 1 (not usage + 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        hint = "" if "(see " in message else f" (see {self.prog} --help)"
+        print(f"{self.prog}: error: {message}{hint}", file=sys.stderr)
+        sys.exit(1)

@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from ml4f.tools._cli import run_main
+from ml4f.tools._cli import ArgumentParser, run_main
 
 # One file per model: the float version that imports (the same network in another format is left
 # out). Relative to the models folder.
@@ -38,7 +38,7 @@ DEFAULT_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ml4f.tools.bench", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m ml4f.tools.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=DEFAULT_MODELS_DIR, help="the shared models folder")
     p.add_argument("--out", default="bench", help="where results.json and results.md go (default: bench)")
     p.add_argument("--only", nargs="*", default=None, metavar="WORD",

@@ -17,14 +17,14 @@ import argparse
 import sys
 from typing import Any
 
-from ml4f.tools._cli import run_main
+from ml4f.tools._cli import ArgumentParser, run_main
 
 EMIT_CHOICES = ("l4f", "loops", "thumb")
 TARGET_CHOICES = ("cortex-m4f", "cortex-m7", "cortex-m33")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ml4f", description="Compile a neural network to Thumb-2 machine code "
+    p = ArgumentParser(prog="ml4f", description="Compile a neural network to Thumb-2 machine code "
                                 "for Cortex-M4F.")
     p.add_argument("model", help="model: .h5, .keras, TF.js model.json, ML4F .json, .tflite, .onnx, a "
                                  "SavedModel directory, or .l4f")

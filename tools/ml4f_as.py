@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ml4f.tools._cli import read_text, run_main
+from ml4f.tools._cli import ArgumentParser, read_text, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ml4f-as", description="Assemble Thumb-2 (GNU unified syntax) "
+    p = ArgumentParser(prog="ml4f-as", description="Assemble Thumb-2 (GNU unified syntax) "
                                 "for Cortex-M4F into raw bytes.")
     p.add_argument("file", help="assembly (.s) or a thumb-dialect .l4f file; '-' reads stdin")
     p.add_argument("-o", "--output", help="where to write the raw bytes (default: IN with .bin)")

@@ -9,7 +9,7 @@ import argparse
 import re
 import sys
 
-from ml4f.tools._cli import read_text, run_main
+from ml4f.tools._cli import ArgumentParser, read_text, run_main
 
 SPLIT_MARKER = re.compile(r"^// -----\s*$", re.M)
 # DESIGN §3 spells some passes shorter on the command line.
@@ -24,7 +24,7 @@ diagnostics: with --verify-diagnostics, comments `// expected-error {{text}}` (o
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ml4f-opt", description="Run ml4f passes on a .l4f file.",
+    p = ArgumentParser(prog="ml4f-opt", description="Run ml4f passes on a .l4f file.",
                                 epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", default="-", help="input .l4f file ('-' for stdin)")
     p.add_argument("-p", "--pass-pipeline", default="", help="passes, e.g. 'a,b{k=v k2=v2}' "

@@ -11,11 +11,11 @@ import json
 import sys
 from typing import Any
 
-from ml4f.tools._cli import read_text, run_main
+from ml4f.tools._cli import ArgumentParser, read_text, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ml4f-run", description="Run a .bin or .l4f model on one input.")
+    p = ArgumentParser(prog="ml4f-run", description="Run a .bin or .l4f model on one input.")
     p.add_argument("file", help="model: .bin (emulator) or .l4f (interpreter)")
     p.add_argument("--input", help="input sample: .npy or .json (without batch; a leading 1 is accepted)")
     p.add_argument("--output", help="save the output as .npy (in the model's output type)")
