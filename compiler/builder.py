@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .diagnostics import Loc
-from .ir import Block, Module, Operation, Region, Resource, Value
+from .ir import Block, Module, Operation, Region, Resource, Value, unique_name
 from .passes import verify_module
 from .types import IntType, QuantType, TensorType, Type, f16, f32, i8, i32, numpy_dtype
 
@@ -84,13 +84,7 @@ class ModelBuilder:
         return module
 
     def _unique(self, name: str) -> str:
-        base = "".join(c if c.isalnum() or c in "_.$-" else "_" for c in name) or "v"
-        cand, n = base, 0
-        while cand in self.names:
-            n += 1
-            cand = f"{base}_{n}"
-        self.names.add(cand)
-        return cand
+        return unique_name(name, self.names)
 
 
 def quant(scale: float | Sequence[float], zero_point: int | Sequence[int] = 0,

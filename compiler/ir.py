@@ -502,6 +502,18 @@ class Module:
         return list(seen.values())
 
 
+def unique_name(hint: str, taken: set[str]) -> str:
+    """`hint` made a valid IR name (letters, digits, `_.$-`) and unique in `taken` (`x`, `x_1`, ...);
+    the result is added to `taken`."""
+    base = "".join(c if c.isalnum() or c in "_.$-" else "_" for c in hint) or "v"
+    cand, n = base, 0
+    while cand in taken:
+        n += 1
+        cand = f"{base}_{n}"
+    taken.add(cand)
+    return cand
+
+
 # ----------------------------------------------------------------------------- dialect registry
 
 

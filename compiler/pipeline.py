@@ -687,29 +687,27 @@ def load_eval_data(path: str, result: Compiled) -> tuple[np.ndarray, np.ndarray]
         raise CompileError('"x" and "y" must be non-empty lists', loc)
     if len(xs) != len(ys):
         raise CompileError(f'"x" has {len(xs)} samples but "y" has {len(ys)} labels', loc)
-    n_in = math.prod(result.input_shape)
-    n_out = math.prod(result.output_shape)
-    x = np.empty((len(xs), n_in), dtype=np.float32)
-    y = np.empty((len(ys), n_out), dtype=np.float64)
-    for i, s in enumerate(xs):
-        try:
-            a = np.asarray(s, dtype=np.float64)
-        except (ValueError, TypeError):
-            raise CompileError(f'"x"[{i}] is not a (nested) list of numbers', loc) from None
-        if a.size != n_in:
-            raise CompileError(f'"x"[{i}] has shape {list(a.shape)} ({a.size} values); the model input is '
-                               f"{result.input_shape} ({n_in} values)", loc)
-        x[i] = a.reshape(-1)
-    for i, s in enumerate(ys):
-        try:
-            a = np.asarray(s, dtype=np.float64)
-        except (ValueError, TypeError):
-            raise CompileError(f'"y"[{i}] is not a list of numbers', loc) from None
-        if a.size != n_out:
-            raise CompileError(f'"y"[{i}] has {a.size} values; the model output has {n_out} '
-                               f"({result.output_shape}): labels must be one-hot", loc)
-        y[i] = a.reshape(-1)
+    x = _eval_rows(xs, "x", result.input_shape, np.float32, loc,
+                   "the model input is {shape} ({n} values)")
+    y = _eval_rows(ys, "y", result.output_shape, np.float64, loc,
+                   "the model output has {n} ({shape}): labels must be one-hot")
     return x, y
+
+
+def _eval_rows(rows: list, key: str, shape: list[int], dtype: type, loc: Loc, expected: str) -> np.ndarray:
+    """Samples or labels as a [len(rows), prod(shape)] array, or an error naming the bad row."""
+    n = math.prod(shape)
+    out = np.empty((len(rows), n), dtype=dtype)
+    for i, row in enumerate(rows):
+        try:
+            a = np.asarray(row, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise CompileError(f'"{key}"[{i}] is not a (nested) list of numbers', loc) from None
+        if a.size != n:
+            raise CompileError(f'"{key}"[{i}] has shape {list(a.shape)} ({a.size} values); '
+                               + expected.format(shape=shape, n=n), loc)
+        out[i] = a.reshape(-1)
+    return out
 
 
 def evaluate(result: Compiled, x: np.ndarray, y: np.ndarray,

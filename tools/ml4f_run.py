@@ -29,12 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(_main, argv)
 
 
-
-
-
-
-
-
 def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import numpy as np

@@ -26,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 
 from ml4f.compiler.context import Context
-from ml4f.compiler.ir import Block, Module, Operation, Region, Resource, Value
+from ml4f.compiler.ir import Block, Module, Operation, Region, Resource, Value, unique_name
 from ml4f.compiler.passes import ModulePass, register_pass
 from ml4f.compiler.types import FloatType, TensorType, Type, f32, i32, index
 
@@ -275,14 +275,7 @@ class ModelLowering:
         return self.derived[key]
 
     def kernel_name(self, op: Operation) -> str:
-        base = op.loc.layer or op.result.name_hint or op.name.split(".")[1]
-        base = "".join(c if c.isalnum() or c in "_.$-" else "_" for c in base)
-        name, n = base, 0
-        while name in self.kernel_names:
-            n += 1
-            name = f"{base}_{n}"
-        self.kernel_names.add(name)
-        return name
+        return unique_name(op.loc.layer or op.result.name_hint or op.name.split(".")[1], self.kernel_names)
 
     def run(self) -> Operation:
         layer = self.layer
