@@ -25,15 +25,7 @@ class Context:
             module = DIALECT_MODULES.get(name)
             if module is None:
                 return None
-            try:
-                dialect = getattr(importlib.import_module(module), "DIALECT", None)
-            except ModuleNotFoundError as e:
-                if e.name != module:
-                    raise
-                return None
-            if dialect is None:
-                return None  # a package that declares no ops (yet) is not a dialect
-            self.dialects[name] = dialect
+            self.dialects[name] = importlib.import_module(module).DIALECT
         return self.dialects[name]
 
     def lookup_op(self, op_name: str, loc: Loc) -> type[Operation]:

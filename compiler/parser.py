@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import functools
 import json
 import re
 from importlib import resources as importlib_resources
@@ -12,8 +13,6 @@ from .context import Context
 from .diagnostics import CompileError, Loc
 from .ir import Block, Module, Operation, Region, Resource, SymbolRef, Value
 from .types import TensorType, TypeSyntaxError, numpy_dtype, parse_type
-
-_PARSER_CACHE: dict[str, Any] = {}
 
 # Readable names for the grammar's terminals in "expected ..." messages.
 _TERMINAL_NAMES = {
@@ -26,15 +25,14 @@ _TERMINAL_NAMES = {
 }
 
 
-def _lark():
-    """The LALR parser, built once per process (Lark's own cache keeps start-up short)."""
-    if "lark" not in _PARSER_CACHE:
-        import lark
+@functools.cache
+def _lark() -> Any:
+    """The LALR parser of the one grammar, built once per process (Lark's own on-disk cache keeps
+    start-up short)."""
+    import lark
 
-        grammar = importlib_resources.files("ml4f.grammar").joinpath("ir.lark").read_text()
-        _PARSER_CACHE["lark"] = lark.Lark(grammar, parser="lalr", maybe_placeholders=True,
-                                          cache=True)
-    return _PARSER_CACHE["lark"]
+    grammar = importlib_resources.files("ml4f.grammar").joinpath("ir.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", maybe_placeholders=True, cache=True)
 
 
 def parse(text: str, file: str = "<input>", ctx: Context | None = None,

@@ -69,11 +69,7 @@ def register_pass(cls: type[ModulePass]) -> type[ModulePass]:
 
 def load_all_passes() -> dict[str, type[ModulePass]]:
     for m in PASS_MODULES:
-        try:
-            importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if e.name != m:
-                raise
+        importlib.import_module(m)
     return PASSES
 
 
