@@ -9,6 +9,7 @@ memory safety and the AAPCS (callee-saved registers preserved).
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -133,7 +134,12 @@ def test_real_model_matches_and_beats_ml4f(f16: bool) -> None:
     # every layer's code runs, and the per-layer split accounts for nearly all cycles
     assert all(v["cycles"] > 0 for v in r["ranges"].values())
     assert sum(v["cycles"] for v in r["ranges"].values()) > 0.98 * r["cycles"]
-    assert r["cycles"] < 0.9 * ML4F_GESTURES[f16], r["cycles"]
+    # issue 6: at most 0.6x Microsoft ML4F's cycles; convolutions over >= 8 input channels at
+    # <= 3 cycles per MAC (f32; f16 weights add their widening)
+    assert r["cycles"] <= 0.6 * ML4F_GESTURES[f16], r["cycles"]
+    macs = {"conv2d_Conv2D2": 11264, "conv2d_Conv2D3": 10752}
+    for name, n in macs.items():
+        assert r["ranges"][name]["cycles"] / n <= (3.15 if f16 else 3.0), (name, r["ranges"][name])
     assert r["stack_bytes"] <= res.stack_bytes + 8
     # deterministic: the same model compiles to the same bytes
     assert compile_real(GESTURES, f16)[2] == data
@@ -195,3 +201,90 @@ def test_layer_labels_are_unique_symbols() -> None:
     ok, err, r = run_case(Case("labels", (1, 12, 2), build))
     assert ok, f"max |err| {err}"
     assert len(r["ranges"]) == 4
+
+
+# ----------------------------------------------------------------------------- performance shapes
+
+
+def _kernel(func: Any, name: str) -> Any:
+    return next(k for k in func.kernels if k.symbol == name)
+
+
+def _kernel_asm(res: CodegenResult, name: str) -> str:
+    """The assembly of one layer: from its label to the next layer's (or the end)."""
+    label = dict(res.layer_labels)[name]
+    text = res.asm.split(f"\n{label}:\n", 1)[1]
+    others = [lab for _, lab in res.layer_labels if lab != label]
+    cut = min([text.index(f"\n{lab}:\n") for lab in others if f"\n{lab}:\n" in text] + [len(text)])
+    return text[:cut]
+
+
+def test_sliding_window_shares_input_loads() -> None:
+    """A 1-D convolution with a 4-tap window over 3 channels: the window loop becomes the
+    innermost and is unrolled, so a step of a 4-position tile loads 7 inputs (positions p..p+6),
+    not 16 -- and the result still matches the reference."""
+    case = Case("slide", (1, 19, 3), conv(L.Conv1D, (4,), 8, activation="relu"))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    module = case.module()
+    _, func, _, _ = compile_module(module)
+    from ml4f.dialects import loop
+    k = _kernel(func, "conv")
+    inner = [f for f in k.walk()
+             if isinstance(f, loop.For) and any(isinstance(o, loop.AccFma) for o in f.body.block.ops)]
+    main = max(inner, key=lambda f: sum(isinstance(o, loop.AccFma) for o in f.body.block.ops))
+    fmas = [o for o in main.body.block.ops if isinstance(o, loop.AccFma)]
+    assert len(fmas) == 64                      # 4 positions x 4 channels x 4 taps per step
+    xs = {id(o.a) for o in fmas}
+    assert len(xs) == 7
+
+
+def test_pooling_window_starts_from_first_tap() -> None:
+    """Max pooling over 2 taps: one compare per output (the first tap initialises the output
+    register, no -inf and no loop over the window)."""
+    case = next(c for c in CASES if c.name == "maxpool2d_valid")   # 2x2 windows, 4x4x3 outputs
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    from ml4f.dialects import loop
+    res, func, _, _ = compile_module(case.module())
+    name = res.layer_labels[0][0]
+    asm = _kernel_asm(res, name)
+    # the 2x2 window is unrolled: 3 compares per output register, and no -inf constant
+    assert "#65408" not in asm                  # movt of -inf's high half
+    accs = [o for o in _kernel(func, name).walk() if isinstance(o, loop.Acc)]
+    assert asm.count("vcmp.f32") == 3 * len(accs)
+    # with 16 channels a tile is one row of outputs in s16-s31: one VSTM stores it
+    from test_loop_lowering import single
+    row = Case("pool16", (1, 12, 16), single(L.MaxPool1D, pool_size=[2], strides=[2]))
+    ok, err, _ = run_case(row)
+    assert ok, f"max |err| {err}"
+    res = compile_module(row.module())[0]
+    regs = ", ".join(f"s{n}" for n in range(16, 32))
+    assert re.search(rf"vstm r\d+, {{{regs}}}", _kernel_asm(res, res.layer_labels[0][0]))
+
+
+def test_flat_tile_needs_no_accumulator_moves() -> None:
+    """A 1x1 convolution over 8 channels: the reduction of a 4x4 tile is unrolled, and each
+    accumulator starts as bias + its first product (one VADD), without a VMOV from the bias."""
+    case = Case("pointwise", (1, 6, 6, 8), conv(L.Conv2D, (1, 1), 8, activation="relu"))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    asm = _kernel_asm(compile_module(case.module())[0], "conv")
+    assert not re.search(r"vmov\.f32 s(1[6-9]|2\d|3[01]), s\d+\n", asm), asm
+
+
+def test_dense_blocks_eight_outputs() -> None:
+    """A dense layer computes 8 outputs per step of its input loop (one VLDM of 8 inputs serves
+    64 MACs), and a layer with 3 outputs has its weights interleaved (one VLDM for all three)."""
+    from ml4f.dialects import loop
+    case = Case("dense24", (1, 40), lambda b, x, w: b.add(L.Dense, x, name="fc", kernel=w(24, 40), bias=w(24)))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    _, func, _, _ = compile_module(case.module())
+    accs = [o for o in _kernel(func, "fc").walk() if isinstance(o, loop.Acc)]
+    assert len(accs) == 8
+    case3 = Case("dense3", (1, 64), lambda b, x, w: b.add(L.Dense, x, name="fc", kernel=w(3, 64), bias=w(3)))
+    ok, err, _ = run_case(case3)
+    assert ok, f"max |err| {err}"
+    asm = _kernel_asm(compile_module(case3.module())[0], "fc")
+    assert "vldr" not in asm.split("bne")[0].split("\nL")[-1]     # the loop body loads only with VLDM

@@ -27,6 +27,14 @@ How loops are selected:
   word-aligned, else LDRH + VCVTB). Innermost reduction loops are unrolled (by the largest factor
   whose values fit in registers) so their loads form runs, and weight buffers are packed
   (`pack_weights`) so the weights of a tile of four output channels are consecutive words.
+- Before selection each kernel's loops are reshaped for the register file: a small window loop
+  of a reduction nest becomes the innermost and is unrolled when neighbouring positions of a
+  tile then share input loads (`_slide_windows`: 7 loads instead of 16 for 4 positions x 4
+  taps); a short reduction of a whole tile is unrolled (`FLAT_MACS`), a longer one has its
+  first step peeled (`PEEL_OPS`), and pooling windows are unrolled, so that each accumulator
+  starts as init + its first product (one VADD, no VMOV of the init) or, for a max, as its first
+  value (loaded straight into the accumulator by VLDM when the taps are consecutive words).
+- Accumulators stored to consecutive words from consecutive registers go out as one VSTM.
 - Loop-carried values (pointers, counters, accumulators) are values that a loop body updates and
   the next iteration reads. SSA has no phi nodes here, so they are precolored: this pass gives
   them physical registers (r4-r11 first, then r12, r3, r2 when the kernel calls no routine;
@@ -45,6 +53,7 @@ Example: ml4f-opt model.loops.l4f -p plan-memory,lower-to-thumb
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import struct
@@ -64,7 +73,9 @@ CORE_POOL = (4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 2)
 CORE_POOL_CALLS = (4, 5, 6, 7, 8, 9, 10, 11)   # a kernel that calls a routine keeps them callee-saved
 ACC_POOL = tuple(range(16, 32))
 WINDOW = 1024                                   # VLDR/VSTR reach [rn, #0..1020]
-UNROLL_MIN_MACS = 512                           # automatic unrolling only for nests doing this much
+PEEL_OPS = 120                                  # bound on the ops of a reduction step copied by peeling
+FLAT_MACS = 128                                 # bound on the MACs of a fully unrolled tile reduction
+UNROLL_MIN_MACS = 256                           # automatic unrolling only for nests doing this much
 
 # Float comparison -> the condition that holds after `vcmp a, b; vmrs APSR_nzcv, fpscr` (ordered).
 FLOAT_COND = {"gt": "gt", "ge": "ge", "lt": "mi", "le": "ls", "eq": "eq", "ne": "ne"}
@@ -188,10 +199,11 @@ def pack_weights(func: Operation, block: int = 4) -> list[str]:
         if len(shape) < 2 or w.data.data is None:
             continue
         C, K = shape[0], int(np.prod(shape[1:]))
-        Cp = block * (C // block)
+        blk = min(block, C)   # fewer channels than a block (a small dense layer): one group
+        Cp = blk * (C // blk)
         plans = []
         for acc in loads.get(id(w.result), []):
-            plan = _pack_plan(acc, K, Cp, block)
+            plan = _pack_plan(acc, K, Cp, blk)
             if plan is None:
                 break
             plans.append((acc, plan))
@@ -202,7 +214,7 @@ def pack_weights(func: Operation, block: int = 4) -> list[str]:
                 acc.attributes["offset"] = offset
                 acc.attributes["strides"] = tuple(strides)
             d = w.data.array().reshape(-1)
-            head = d[:Cp * K].reshape(Cp // block, block, K).transpose(0, 2, 1).reshape(-1)
+            head = d[:Cp * K].reshape(Cp // blk, blk, K).transpose(0, 2, 1).reshape(-1)
             data = np.concatenate([head, d[Cp * K:]]).reshape(shape)
             w.attributes["data"] = Resource(w.data.name + ".packed", w.data.type, data)
             packed.append(w.data.name)
@@ -285,6 +297,11 @@ class _Lowering:
         self.const_scopes: list[dict[Any, Value]] = []
         self.pending_fma: list[tuple[Operation, Value]] = []
         self.block_loop: Operation | None = None
+        self.fresh: dict[int, Value] = {}       # id(acc) -> its init, for an acc not yet written
+        self.run_pairs = True                   # whether two runs of weights may be live at once
+        self.flat_blocks: set[int] = set()      # tile blocks whose reduction loop was unrolled fully
+        self.pending_stores: list[tuple[Value, Value, int]] = []   # (S register, base, offset)
+        self.loaded_first: set[int] = set()     # acc_max ops whose value was loaded into the acc
 
     # ------------------------------------------------------------------ emission helpers
 
@@ -394,9 +411,13 @@ class _Lowering:
         self.kname = name
         self.label(name)
         self.layer_labels.append((k.symbol, name))
+        if self.unroll != 1:
+            self._slide_windows(k)
         self._coalesce(k)
         if self.unroll != 1:
             self._unroll_reductions(k)
+            self._unroll_max_windows(k)
+            self._peel_first_steps(k)
         from ml4f.compiler.lowering.mathlib import OP_ROUTINES
         has_call = any(o.name in OP_ROUTINES for o in k.walk())
         self.core_pool = CORE_POOL_CALLS if has_call else CORE_POOL
@@ -477,6 +498,15 @@ class _Lowering:
             fmas = [o for o in f.body.block.ops if isinstance(o, L.AccFma)]
             if not fmas or f.trip_count < 2:
                 continue
+            if self.unroll == 0 and f.trip_count <= 8 and len(fmas) >= 8 and \
+                    len(fmas) * f.trip_count <= FLAT_MACS and \
+                    any(isinstance(o, L.Acc) for o in f.parent.ops):
+                # a short reduction of a whole tile (a 1x1 convolution over few channels): no
+                # loop control, and the accumulators start from the first products
+                # (`_first_write`); inputs are loaded one by one there, to keep registers free
+                self.flat_blocks.add(id(f.parent))
+                unroll(f, f.trip_count)
+                continue
             runs = f.trip_count
             for a in self._enclosing(f):
                 runs *= next(o for o in k.walk() if id(o) == a).trip_count
@@ -486,8 +516,158 @@ class _Lowering:
             xs = len({id(o.a) for o in fmas} - {id(o.b) for o in fmas})
             factors = (self.unroll,) if self.unroll > 1 else (8, 4, 2)
             u = next((u for u in factors if u * (xs + 2) <= 28 - accs), 1)
+            if xs == 1 and self.unroll == 0 and 4 < accs <= 8:
+                # a dense block of 8 outputs: 8 inputs (one VLDM) and one run of 8 weights live
+                u = 8
             if u > 1:
                 unroll(f, u)
+
+    def _slide_windows(self, k: Operation) -> None:
+        """Make a small kernel-window loop of a reduction nest the innermost one and unroll it,
+        when that lets neighbouring output positions of a tile share their input loads: with 4
+        positions and a 4-tap window, position p at tap t reads what position p+1 reads at t-1,
+        so a step loads 7 inputs instead of 16. The reduction order changes (a sum reordered)."""
+        L = self.L
+        for f in [f for f in k.walk() if isinstance(f, L.For)]:
+            ops = f.body.block.ops
+            fmas = [o for o in ops if isinstance(o, L.AccFma)]
+            if not fmas or any(isinstance(o, L.For) for o in ops):
+                continue
+            nest = [f]
+            while True:
+                g = nest[0].parent.parent.parent if nest[0].parent is not None else None
+                if isinstance(g, L.For) and len(g.body.block.ops) == 1:
+                    nest.insert(0, g)
+                else:
+                    break
+            loads = [o for o in ops if isinstance(o, L.Load)]
+            best, best_count = None, len(loads)
+            for r in nest:
+                n = r.trip_count
+                if not 1 < n <= 8:
+                    continue
+                keys: dict[int, set] = {}
+                for ld in loads:
+                    st = dict(zip(map(id, ld.ivs), ld.strides))
+                    rest = tuple(sorted((i, s) for i, s in st.items() if i != id(r.iv)))
+                    for j in range(n):
+                        keys.setdefault(id(ld.buffer), set()).add(
+                            (rest, ld.offset + st.get(id(r.iv), 0) * (r.lb + j * r.step)))
+                count = sum(map(len, keys.values())) / n
+                shared = sum(len(v) for b, v in keys.items()
+                             if len(v) < n * sum(1 for ld in loads if id(ld.buffer) == b))
+                accs = len({id(o.acc) for o in fmas})
+                # the accumulators, the shared inputs of a step, a run of weights and products fit
+                if count < 0.85 * best_count and accs + shared + 4 + 2 <= 32:
+                    best, best_count = r, count
+            if best is None:
+                continue
+            self._rotate_innermost(nest, best)
+
+    def _rotate_innermost(self, nest: list[Operation], r: Operation) -> None:
+        """Rebuild the perfect nest `nest` with loop `r` innermost, then unroll `r` fully."""
+        from ml4f.compiler.transforms.loop_passes import Cloner, canonicalize_block, unroll
+        from ml4f.compiler.types import index
+        L = self.L
+        order = [g for g in nest if g is not r] + [r]
+        top = nest[0]
+        parent = top.parent
+        cl = Cloner()
+        outer_new = None
+        dest_block = None
+        for g in order:
+            block = Block([index], [g.iv.name_hint])
+            new = L.For([], [], dict(g.attributes), regions=[Region([block])], origin=g.origin, loc=g.loc)
+            cl.vmap[id(g.iv)] = block.args[0]
+            if dest_block is None:
+                outer_new = new
+            else:
+                dest_block.append(new)
+            dest_block = block
+            inner_new = new
+        for op in nest[-1].body.block.ops:
+            cl.clone(op, dest_block)
+        parent.insert_before(top, outer_new)
+        for inner in reversed(list(top.walk())):
+            inner.drop_operands()
+        parent.erase(top)
+        body = inner_new.parent
+        unroll(inner_new, inner_new.trip_count)
+        canonicalize_block(body)
+
+    def _peel_first_steps(self, k: Operation) -> None:
+        """Run the first iteration of a tile's reduction loop before the loop, so that each of
+        its accumulators starts as init + first product (`_first_write`: one VADD) instead of a
+        VMOV of the initial value plus a VADD per product."""
+        from ml4f.compiler.transforms.loop_passes import Cloner
+        L = self.L
+        for f in [f for f in k.walk() if isinstance(f, L.For)]:
+            ops = f.body.block.ops
+            fmas = [o for o in ops if isinstance(o, L.AccFma)]
+            block = f.parent
+            if len(fmas) < 8 or len(ops) > PEEL_OPS or f.trip_count < 2 or \
+                    any(isinstance(o, L.For) for o in ops):
+                continue
+            accs = [o for o in block.ops if isinstance(o, L.Acc)]
+            # (a dense block spends far less on its few initialisations than the copy costs)
+            if len(accs) <= 8 or {id(o.acc) for o in fmas} != {id(a.result) for a in accs}:
+                continue
+            cl = Cloner(ivmap={id(f.iv): (f.lb, {})})
+            tmp = Block()
+            for op in ops:
+                cl.clone(op, tmp)
+            for op in list(tmp.ops):
+                tmp.ops.remove(op)
+                block.insert_before(f, op)
+            f.attributes["lb"] = f.lb + f.step
+            self.flat_blocks.add(id(block))
+
+    def _unroll_max_windows(self, k: Operation) -> None:
+        """Unroll small pooling windows (loops of acc_max, at most 4 iterations and 64 updates) fully:
+        the first tap then initialises each accumulator with a move instead of -inf + compare,
+        and the loop control goes away."""
+        from ml4f.compiler.transforms.loop_passes import unroll
+        L = self.L
+        for f in reversed([f for f in k.walk() if isinstance(f, L.For)]):   # inner loops first
+            ops = f.body.block.ops
+            taps = sum(isinstance(o, L.AccMax) for o in ops)
+            if 1 < f.trip_count <= 4 and taps and taps * f.trip_count <= 64 \
+                    and not any(isinstance(o, (L.For, L.AccFma)) for o in ops):
+                unroll(f, f.trip_count)
+
+    def _only_skipped_init(self, v: Value) -> bool:
+        """Whether constant `v` is never read: -inf only initialising accumulators whose first
+        update is a max (which takes the first value as it is), or +0.0 only as relu's bound
+        (max(x, 0) clears the bits of negative x in a core register)."""
+        L = self.L
+        value = self.const_ops[id(v)].value
+        if value == 0.0 and math.copysign(1.0, value) > 0:
+            return all(isinstance(u, L.MaxF) for u, _ in v.uses)
+        if value != -math.inf:
+            return False
+        return all(isinstance(u, L.Acc) and isinstance(self._first_write(u), L.AccMax) for u, _ in v.uses)
+
+    def _first_write(self, op: Operation) -> Operation | None:
+        """The op that updates accumulator `op` (a loop.acc) first, when it is an update in the
+        same block that runs before any other use: it can then write the register from the
+        initial value directly (no separate initialising move)."""
+        L = self.L
+        block = op.parent
+        users = {id(u) for u, _ in op.result.uses}
+        seen = False
+        for o in block.ops:
+            if o is op:
+                seen = True
+                continue
+            if not seen:
+                continue
+            if isinstance(o, L.For):
+                if any(id(x) in users for x in o.walk()):
+                    return None
+                continue
+            if id(o) in users:
+                return o if isinstance(o, (L.AccFma, L.AccMax, L.AccAdd)) and o.acc is op.result else None
+        return None
 
     def _depth(self, f: Operation) -> int:
         d = 0
@@ -638,6 +818,8 @@ class _Lowering:
                 continue
             if not isinstance(op, L.AccFma):
                 self._drain_fma(0)
+            if not isinstance(op, (L.Store, L.AccRead)):
+                self._flush_stores()
             if isinstance(op, L.For):
                 # loads used inside the loop are loaded once, before it
                 inner = {id(v) for o in op.walk() for v in o.operands}
@@ -647,7 +829,7 @@ class _Lowering:
                 if not any(isinstance(o, L.For) for o in op.body.block.ops):
                     # out of innermost loops; outer loops build them where they are used
                     for v in inner:
-                        if v in self.const_ops:
+                        if v in self.const_ops and not self._only_skipped_init(self.const_ops[v].result):
                             self.constant(self.const_ops[v].result)
             self.lower_op(op)
             if isinstance(op, L.AccFma):
@@ -655,15 +837,36 @@ class _Lowering:
             for v in self.release_after.get(id(op), ()):
                 self._release(v)
         self._drain_fma(0)
+        self._flush_stores()
         self.const_scopes.pop()
         self.pending_fma, self.block_loop = outer
+
+    def _flush_stores(self) -> None:
+        """Emit the deferred stores of accumulators: consecutive registers to consecutive words
+        off one base go out as one VSTM (1+N cycles instead of 2N), the others as VSTR."""
+        todo = sorted(self.pending_stores, key=lambda t: (id(t[1]), t[2]))
+        self.pending_stores = []
+        i = 0
+        while i < len(todo):
+            j = i + 1
+            while j < len(todo) and todo[j][1] is todo[i][1] and todo[j][2] == todo[j - 1][2] + 4 \
+                    and todo[j][0].type.num == todo[j - 1][0].type.num + 1:
+                j += 1
+            n, (_, base, rel) = j - i, todo[i]
+            if n >= 2 and rel == 0 or n >= 3 and 0 < rel:
+                p = base if rel == 0 else self.add_const(base, rel, self.reg())
+                self.emit("vstm", [p] + [t[0] for t in todo[i:j]])
+            else:
+                for v, b, r in todo[i:j]:
+                    self.emit("vstr", [v, b], offset=r)
+            i = j
 
     def _drain_fma(self, keep: int) -> None:
         while len(self.pending_fma) > keep:
             op, prod = self.pending_fma.pop(0)
             src, self.src = self.src, op
-            acc = self.val(op.acc)
-            self.emit("vadd.f32", [acc, prod], [acc.type])
+            a, acc = self.acc_src(op.acc)
+            self.emit("vadd.f32", [a, prod], [acc.type])
             self.src = src
 
     def _aligned(self, c: PtrClass) -> bool:
@@ -693,10 +896,15 @@ class _Lowering:
         busy = len(ACC_POOL) - len(self.s_free)   # accumulators live around this block
         # a run's registers stay live while its values are used: shorter runs when the
         # accumulators take most registers
-        longest = 8 if busy <= 4 else 4
+        # up to 4 accumulators: runs of 8, two live at a time; up to 8 (a dense block of 8
+        # outputs): runs of 8, one at a time; more: runs of 4, two at a time
+        longest = 8 if busy <= 8 else 4
+        self.run_pairs = busy <= 4 or busy > 8
         for loads in by_class.values():
             c = self.class_of[id(loads[0][2])]
             limit = longest if loads[0][1] < 0 else max(1, longest // 2)
+            if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf):
+                limit = 1   # inputs of every step of a flattened tile: one register each, briefly
             words = sorted({w for w, _, _ in loads})
             groups: list[list[int]] = []
             for w in words:
@@ -738,7 +946,7 @@ class _Lowering:
             for op in seq:
                 r = self.run_of.get(id(op.a if by_a else op.b))
                 k = order.setdefault(id(r), len(order)) if r is not None else -1
-                keys.append(k if by_a or k < 0 else k // 2)
+                keys.append(k if by_a or k < 0 or not self.run_pairs else k // 2)
             last: dict[int, int] = {}
             ok = True
             for op, k in zip(seq, keys):
@@ -777,7 +985,10 @@ class _Lowering:
             words = [self.emit1("vldr", [p], self.sreg(), offset=off + 4 * k) for k in range(n)]
         else:
             base = p if off == 0 else self.add_const(p, off, self.reg())
-            types = [self.sreg() for _ in range(n)] + ([p.type] if wb else [])
+            if wb:
+                self._flush_stores()   # they may address from the pointer written back here
+            into = self._first_taps(run)
+            types = [self.sreg(into[k] if into else None) for k in range(n)] + ([p.type] if wb else [])
             op = self.emit("vldm", [base], types, writeback=wb or None)
             words = op.results[:n]
             if wb:
@@ -792,6 +1003,32 @@ class _Lowering:
                 mn = "vcvtt.f32.f16" if h else "vcvtb.f32.f16"
                 halves[(k, h)] = self.emit1(mn, [words[k]], self.sreg())
             self.vals[id(ld.result)] = halves[(k, h)]
+
+    def _first_taps(self, run: _Run) -> list[int] | None:
+        """The registers to load `run` into when its words are the first taps of max-pooling
+        accumulators in consecutive registers (each word's only use: the first update of its own
+        accumulator, which starts at -inf): the VLDM then fills the accumulators directly."""
+        L = self.L
+        if len(run.loads) != len(run.words) or any(h >= 0 for _, _, h in run.loads):
+            return None
+        regs: dict[int, int] = {}
+        for ld, k, _ in run.loads:
+            uses = ld.result.uses
+            if len(uses) != 1 or not isinstance(uses[0][0], L.AccMax) or uses[0][0].a is not ld.result:
+                return None
+            u = uses[0][0]
+            init = self.fresh.get(id(u.acc))
+            if init is None or id(init) not in self.const_ops or self.const_ops[id(init)].value != -math.inf:
+                return None
+            regs[k] = self.vals[id(u.acc)].type.num
+        nums = [regs[k] for k in range(len(run.words))]
+        if any(b != a + 1 for a, b in itertools.pairwise(nums)):
+            return None
+        for ld, _, _ in run.loads:
+            u = ld.result.uses[0][0]
+            del self.fresh[id(u.acc)]
+            self.loaded_first.add(id(u))
+        return nums
 
     def _may_write_back(self, c: PtrClass, nbytes: int) -> bool:
         """Whether advancing pointer `c` by `nbytes` now stays within this iteration's bump."""
@@ -896,6 +1133,7 @@ class _Lowering:
     def flush(self, c: PtrClass) -> None:
         d = self.pending.pop(c, 0)
         if d and c in self.ptr:
+            self._flush_stores()   # deferred stores address from the pointer's current value
             p = self.ptr[c]
             self.ptr[c] = self.add_const(p, d, p.type)
 
@@ -944,7 +1182,13 @@ class _Lowering:
         if id(op.value) in self.relu_of and id(op.value) not in self.vals and -255 <= rel <= 4095:
             self.emit("str", [self.relu_bits(op.value), base], offset=rel)
             return
-        self.emit("vstr", [self.val(op.value), base], offset=rel)
+        v = self.val(op.value)
+        if v.type.num is not None and id(op.value) in self.precolored:
+            # an accumulator: stored with its neighbours when the block moves on
+            self.pending_stores.append((v, base, rel))
+            return
+        self._flush_stores()
+        self.emit("vstr", [v, base], offset=rel)
 
     def op_const(self, op: Operation) -> None:
         """Constants are built where they are used (see `constant`), not where they are defined:
@@ -1040,18 +1284,42 @@ class _Lowering:
         if op.result.type.elem != f32:
             raise op.error("integer accumulators need the int8 code generator")
         n = self.take_s(op.result)
+        if self._first_write(op) is not None:
+            # the first update writes the register from the initial value (see `acc_src`)
+            self.fresh[id(op.result)] = op.init
+            self.vals[id(op.result)] = self.get_register(self.sreg(n))
+            return
         self.vals[id(op.result)] = self.emit1("vmov.f32", [self.val(op.init)], self.sreg(n))
 
+    def acc_src(self, v: Value) -> tuple[Value, Value]:
+        """(register to read the accumulator's value from, register to write it to): the initial
+        value's register when `v` has not been written yet."""
+        acc = self.vals[id(v)]
+        init = self.fresh.pop(id(v), None)
+        return (acc if init is None else self.val(init)), acc
+
     def op_acc_add(self, op: Operation) -> None:
-        acc = self.val(op.acc)
-        self.emit("vadd.f32", [acc, self.val(op.a)], [acc.type])
+        src, acc = self.acc_src(op.acc)
+        self.emit("vadd.f32", [src, self.val(op.a)], [acc.type])
 
     def op_acc_fma(self, op: Operation) -> None:
         prod = self.emit1("vmul.f32", [self.val(op.a), self.val(op.b)], self.sreg())
         self.pending_fma.append((op, prod))
 
     def op_acc_max(self, op: Operation) -> None:
-        acc = self.val(op.acc)
+        self.val(op.a)   # loads its run, which may fill the accumulator directly
+        if id(op) in self.loaded_first:
+            return   # the load of `a` went straight into the accumulator (`_first_taps`)
+        init = self.fresh.get(id(op.acc))
+        if init is not None and id(init) in self.const_ops and self.const_ops[id(init)].value == -math.inf:
+            # max(-inf, a) = a (NaN inputs aside, which max pooling does not define either)
+            del self.fresh[id(op.acc)]
+            acc = self.vals[id(op.acc)]
+            self.emit("vmov.f32", [self.val(op.a)], [acc.type])
+            return
+        src, acc = self.acc_src(op.acc)
+        if src is not acc:
+            self.emit("vmov.f32", [src], [acc.type])
         self.compare(acc, self.val(op.a))
         self.block.append(self.T.It([], [], {"cond": "mi"}, origin=self.src))
         self.emit("vmov.f32", [self.val(op.a)], [acc.type], cond="mi")

@@ -326,6 +326,13 @@ def _blockable(root: Operation) -> list[Operation]:
             and any(isinstance(o, L.For) for o in f.body.block.ops)]
 
 
+def _is_pool(f: Operation) -> bool:
+    """Whether the accumulators of loop `f` are maxima (a pooling window) and nothing else."""
+    L = _loop()
+    updates = [o for o in f.walk() if isinstance(o, L._AccUpdate)]
+    return bool(updates) and all(isinstance(o, L.AccMax) for o in updates)
+
+
 @register_pass
 @dataclass(frozen=True)
 class Tile(ModulePass):
@@ -334,12 +341,20 @@ class Tile(ModulePass):
 
     The loop that holds the accumulators (output channels) is unrolled by sizes[-1] and its
     reduction loops jammed together, then each enclosing loop (output positions) likewise by the
-    next size; identical loads are merged. Remainders get loops of their own.
+    next size; identical loads are merged. A remainder of r < size iterations becomes one
+    smaller block of r (option remainders, default true; false leaves it a loop of its own).
+    An accumulator loop with no enclosing loop to block (a dense layer: its inputs are shared by
+    the outputs only) is blocked by `single` outputs instead (default 8; 0: sizes[-1]). A max
+    pooling's channel loop is blocked by min(pool, channels) and its positions by the rest of
+    `pool` accumulators (default 16: 1 x 16 for 16 channels; 0: sizes).
     Example: ml4f-opt --tile=4,4 model.loops.l4f   (16 accumulators, 4 inputs, 4 weights)
     """
 
     name: ClassVar[str] = "tile"
     sizes: tuple[int, ...] = (4, 4)
+    remainders: bool = True
+    single: int = 8
+    pool: int = 16
 
     def apply(self, ctx: Context, module: Module) -> None:
         L = _loop()
@@ -351,9 +366,22 @@ class Tile(ModulePass):
                     continue
                 # Innermost size on the accumulator loop, the next on its parent, and so on.
                 loop_op = f
-                for size in reversed(self.sizes):
+                sizes = list(self.sizes)
+                if self.single and not (isinstance(f.parent.parent.parent, L.For) and
+                                        _jam_ok(f.parent.parent.parent)):
+                    sizes = [self.single]   # nothing to block around it (dense): more outputs
+                elif self.pool and len(sizes) == 2 and _is_pool(f):
+                    # windows do not share loads between positions: whole rows of channels
+                    # instead (one VLDM per tap row, one VSTM per output row)
+                    c = min(self.pool, f.trip_count)
+                    sizes = [max(1, self.pool // c), c]
+                for size in reversed(sizes):
                     outer = loop_op.parent.parent.parent  # block -> region -> op
-                    unroll_and_jam(loop_op, size)
+                    made = unroll_and_jam(loop_op, size)
+                    if len(made) == 2 and made[1].trip_count > 1 and self.remainders:
+                        # the remainder as one smaller block (e.g. 3 positions x 4 channels), which
+                        # reuses loads like the main one, rather than a loop of 1-wide blocks
+                        unroll_and_jam(made[1], made[1].trip_count)
                     if not isinstance(outer, L.For) or not _jam_ok(outer):
                         break
                     loop_op = outer

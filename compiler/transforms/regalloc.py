@@ -16,6 +16,7 @@ class: caller-saved first (r0-r3, r12; s0-s15), then callee-saved (r4-r11; s16-s
   callee-saved register, or is spilled.
 - When no register is free, the live value with the longest range is spilled: stored to a stack
   slot after its definition and reloaded before each use; allocation then starts again.
+- Copies that became no-ops (`vmov.f32 s4, s4`) are erased.
 - Then the prologue pushes exactly the callee-saved registers used (and lr when anything is
   pushed or the function calls), `vpush`es s16 up to the highest S register used, reserves the
   spill slots (the stack stays 8-aligned), and the final `bx lr` becomes the matching epilogue.
@@ -241,8 +242,23 @@ class _Allocator:
                     self.spill(victim)
         else:
             raise self.func.error("register allocation did not converge")
+        self.drop_self_moves()
         self.prologue()
         return self.result
+
+    def drop_self_moves(self) -> None:
+        """Erase the copies that allocation made into no-ops (`vmov.f32 s4, s4`, `mov r4, r4`):
+        a value moved into a precolored register that it was given anyway."""
+        T = _thumb()
+        block = self.func.body.block
+        for op in list(block.ops):
+            if not isinstance(op, T.ThumbOp) or op.mnemonic not in ("mov", "vmov.f32") or op.attributes \
+                    or len(op.operands) != 1 or len(op.results) != 1:
+                continue
+            a, r = op.operands[0], op.results[0]
+            if type(a.type) is type(r.type) and a.type.num is not None and a.type.num == r.type.num:
+                r.replace_all_uses_with(a)
+                block.erase(op)
 
     def values(self) -> list[Value]:
         """The virtual values to allocate (one per tied group)."""
