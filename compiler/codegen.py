@@ -34,7 +34,7 @@ def generate(func: Operation, module: Module, schedule: bool = False, **lowering
     """Lower `func` (a loop.func after plan-memory) to allocated Thumb code and its weights blob.
 
     Example: generate(module.ops[0], module).asm starts with `.syntax unified`, `.thumb`, the entry.
-    `schedule` runs the `thumb-schedule` pass after allocation when that pass exists; `lowering`
+    `schedule` runs the `thumb-schedule` pass after allocation; `lowering`
     holds options of lower-to-thumb (unroll, pack, loop_registers).
     """
     from ml4f.compiler.lowering.loop_to_thumb import lower_func
@@ -51,7 +51,9 @@ def generate(func: Operation, module: Module, schedule: bool = False, **lowering
         raise func.error("its weights were elided from the file; use a file written without --elide-weights")
     alloc = allocate(lowered.func)
     if schedule:
-        _schedule(lowered.func)
+        from ml4f.compiler.transforms.schedule import schedule_block
+
+        schedule_block(lowered.func.body.block)
     inputs = [op for op in func.allocs if op.input == 0]
     ret = func.body.block.ops[-1]
     out_buf = ret.operands[0].op
@@ -59,13 +61,3 @@ def generate(func: Operation, module: Module, schedule: bool = False, **lowering
         asm=print_asm([lowered.func]), weights=lowered.weights, layer_labels=lowered.layer_labels,
         arena_bytes=func.arena_size, input_offset=inputs[0].offset, output_offset=out_buf.offset,
         stack_bytes=alloc.stack_bytes, routines_used=set(lowered.routines), thumb_func=lowered.func)
-
-
-def _schedule(tfunc: Operation) -> None:
-    from ml4f.compiler.context import Context
-    from ml4f.compiler.ir import Module
-    from ml4f.compiler.passes import load_all_passes
-
-    passes = load_all_passes()
-    if "thumb-schedule" in passes:
-        passes["thumb-schedule"]().apply(Context(), Module([tfunc]))
