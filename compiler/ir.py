@@ -14,8 +14,9 @@ rules in `verify_()`. Every op has a `loc`, and ops made from another op keep it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -28,9 +29,9 @@ from .types import TensorType, Type, numpy_dtype
 class Value:
     """An SSA value: an op result or a block argument. `name_hint` is kept for printing."""
 
-    __slots__ = ("type", "owner", "index", "uses", "name_hint")
+    __slots__ = ("index", "name_hint", "owner", "type", "uses")
 
-    def __init__(self, type: Type, owner: "Operation | Block", index: int, name_hint: str | None = None):
+    def __init__(self, type: Type, owner: Operation | Block, index: int, name_hint: str | None = None):
         self.type = type
         self.owner = owner
         self.index = index
@@ -38,11 +39,11 @@ class Value:
         self.name_hint = name_hint
 
     @property
-    def op(self) -> "Operation | None":
+    def op(self) -> Operation | None:
         """The defining op, or None for a block argument."""
         return self.owner if isinstance(self.owner, Operation) else None
 
-    def replace_all_uses_with(self, new: "Value") -> None:
+    def replace_all_uses_with(self, new: Value) -> None:
         for user, i in list(self.uses):
             user.set_operand(i, new)
 
@@ -229,8 +230,8 @@ class Operation:
         cls._operand_defs, cls._attr_defs, cls._region_defs = tuple(operands), attrs, tuple(regions)
 
     def __init__(self, operands: Sequence[Value] = (), result_types: Sequence[Type] = (),
-                 attributes: dict[str, Any] | None = None, regions: Sequence["Region"] = (),
-                 loc: Loc | None = None, symbol: str | None = None, origin: "Operation | None" = None,
+                 attributes: dict[str, Any] | None = None, regions: Sequence[Region] = (),
+                 loc: Loc | None = None, symbol: str | None = None, origin: Operation | None = None,
                  result_names: Sequence[str | None] = ()):
         self.operands: list[Value] = []
         for v in operands:
@@ -253,7 +254,7 @@ class Operation:
 
     @classmethod
     def build(cls, *operands: Value, result_type: Type | None = None, loc: Loc | None = None,
-              **attributes: Any) -> "Operation":
+              **attributes: Any) -> Operation:
         """Make an op; the result type is inferred with `infer_type` when not given."""
         op = cls(operands, (), attributes, loc=loc)
         if cls.num_results == 1:
@@ -291,11 +292,11 @@ class Operation:
             raise ValueError(f"{self.name} has {len(self.results)} results")
         return self.results[0]
 
-    def add_region(self, r: "Region") -> None:
+    def add_region(self, r: Region) -> None:
         r.parent = self
         self.regions.append(r)
 
-    def walk(self) -> Iterator["Operation"]:
+    def walk(self) -> Iterator[Operation]:
         """This op and every op nested in its regions, in order."""
         yield self
         for r in self.regions:

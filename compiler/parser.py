@@ -69,7 +69,7 @@ def _describe(e: Exception, text: str) -> str:
         found = "end of file"
     names = sorted({_TERMINAL_NAMES.get(t, t.lower()) for t in expected if not t.startswith("__")})
     pos = getattr(e, "pos_in_stream", None) or 0
-    if names == ["end of file"] and re.search(r"^resources\s*\{", text[:pos], re.M):
+    if names == ["end of file"] and re.search(r"^resources\s*\{", text[:pos], re.MULTILINE):
         return f"unexpected {found} after the resources section (it must come last, once per file)"
     if not names:
         return f"unexpected {found}"

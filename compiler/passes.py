@@ -18,8 +18,9 @@ import dataclasses
 import importlib
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from .context import Context
 from .diagnostics import CompileError, Loc
@@ -37,7 +38,7 @@ PASS_MODULES: list[str] = [
     "ml4f.compiler.transforms.schedule",
 ]
 
-PASSES: dict[str, type["ModulePass"]] = {}
+PASSES: dict[str, type[ModulePass]] = {}
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from ml4f.compiler.diagnostics import CompileError, Loc
 from ml4f.compiler.ir import Module, Operation
 

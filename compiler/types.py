@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -85,7 +85,7 @@ class TensorType(Type):
     def quant(self) -> QuantType | None:
         return self.elem if isinstance(self.elem, QuantType) else None
 
-    def with_shape(self, shape: tuple[int, ...]) -> "TensorType":
+    def with_shape(self, shape: tuple[int, ...]) -> TensorType:
         return TensorType(tuple(shape), self.elem)
 
 
@@ -124,7 +124,7 @@ class TypeSyntaxError(ValueError):
 DIALECT_TYPE_PARSERS: dict[str, Callable[[str | None], Type]] = {}
 
 _QUANT_RE = re.compile(
-    r"!quant\.uniform<\s*(i8|i16|i32)\s*:\s*f32\s*(?::\s*(\d+)\s*)?,\s*(.*)>$", re.S)
+    r"!quant\.uniform<\s*(i8|i16|i32)\s*:\s*f32\s*(?::\s*(\d+)\s*)?,\s*(.*)>$", re.DOTALL)
 _PAIR_RE = re.compile(r"\s*([-+0-9.eEinfa]+)\s*:\s*(-?\d+)\s*")
 
 
@@ -154,7 +154,7 @@ def parse_type(text: str) -> Type:
     if text.startswith("!quant."):
         return _parse_quant(text)
     if text.startswith("!"):
-        m = re.match(r"!([\w.]+)(?:<(.*)>)?$", text, re.S)
+        m = re.match(r"!([\w.]+)(?:<(.*)>)?$", text, re.DOTALL)
         if m and m.group(1) not in DIALECT_TYPE_PARSERS:
             _load_dialect_of(m.group(1))
         if m and m.group(1) in DIALECT_TYPE_PARSERS:

@@ -13,12 +13,27 @@ bit-exact integer kernels of `layer_int8`.
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 
 from ml4f.compiler.diagnostics import CompileError
-from ml4f.compiler.ir import (Bool, Dialect, Enum, Float, Int, Ints, IntsList, Operation, Weights, attr, operand, region, var_operand)
+from ml4f.compiler.ir import (
+    Bool,
+    Dialect,
+    Enum,
+    Float,
+    Int,
+    Ints,
+    IntsList,
+    Operation,
+    Weights,
+    attr,
+    operand,
+    region,
+    var_operand,
+)
 from ml4f.compiler.types import TensorType, Type, f32
 
 DIALECT = Dialect("layer", doc=__doc__ or "")
@@ -190,11 +205,11 @@ class Model(Operation):
             raise self.error("must end with layer.output")
 
     @property
-    def inputs(self) -> list["Input"]:
+    def inputs(self) -> list[Input]:
         return [op for op in self.body.block.ops if isinstance(op, Input)]
 
     @property
-    def output(self) -> "Output":
+    def output(self) -> Output:
         op = self.body.block.ops[-1]
         assert isinstance(op, Output)
         return op

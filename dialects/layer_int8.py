@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+
 from ml4f.compiler.types import QuantType, TensorType
 from ml4f.dialects import layer
 

@@ -44,10 +44,34 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ml4f.compiler.ir import (Bool, Dialect, Enum, Float, Int, Ints, IntsList, Operation, Value,
-                              Weights, attr, operand, region, var_operand)
-from ml4f.compiler.types import (DIALECT_TYPE_PARSERS, FloatType, IndexType, IntType, Type,
-                                 TypeSyntaxError, f32, i32, numpy_dtype, parse_type)
+from ml4f.compiler.ir import (
+    Bool,
+    Dialect,
+    Enum,
+    Float,
+    Int,
+    Ints,
+    IntsList,
+    Operation,
+    Value,
+    Weights,
+    attr,
+    operand,
+    region,
+    var_operand,
+)
+from ml4f.compiler.types import (
+    DIALECT_TYPE_PARSERS,
+    FloatType,
+    IndexType,
+    IntType,
+    Type,
+    TypeSyntaxError,
+    f32,
+    i32,
+    numpy_dtype,
+    parse_type,
+)
 
 DIALECT = Dialect("loop", doc=__doc__ or "")
 

@@ -12,6 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from thumb_corpus import AS, gnu_run
+
 from ml4f.compiler.backend.assembler import assemble, assemble_full
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.parser import parse
@@ -20,7 +22,6 @@ from ml4f.compiler.printer import print_module
 from ml4f.dialects.thumb import OPS, print_asm
 from ml4f.dialects.thumb.encodings import FORMS, Cost
 from ml4f.dialects.thumb.registers import RegType, SRegType
-from thumb_corpus import AS, gnu_run
 
 needs_as = pytest.mark.skipif(AS is None, reason="arm-none-eabi-as (binutils-arm-none-eabi) is needed")
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_emulator import assemble
+
 from ml4f.compiler.backend.binary import (
     FIXED_HEADER_BYTES,
     MAGIC0,
@@ -28,7 +30,6 @@ from ml4f.compiler.backend.cycles import BRANCH_REFILL as P
 from ml4f.compiler.backend.runner import run_binary
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.tools import ml4f_run
-from test_emulator import assemble
 
 LIT_INPUTS = Path(__file__).parent / "lit" / "run" / "Inputs"
 

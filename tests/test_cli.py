@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_pipeline import EXAMPLE, MODELS, need
+
 from ml4f.compiler import pipeline
 from ml4f.compiler.backend.binary import read_binary
 from ml4f.tools.ml4f import main
 from ml4f.tools.ml4f_run import main as run_main
-from test_pipeline import EXAMPLE, MODELS, need
 
 
 @pytest.fixture(scope="module")

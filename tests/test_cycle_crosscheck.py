@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from thumb_corpus import EPILOGUE, PROLOGUE, corpus_lines
 
 from ml4f.compiler.backend.assembler import assemble_full
 from ml4f.compiler.backend.cycles import base_cycles
 from ml4f.compiler.backend.decode import Kind, decode
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.dialects.thumb.encodings import FORMS
-from thumb_corpus import EPILOGUE, PROLOGUE, corpus_lines
 
 # Forms the emulator never times as ordinary instructions (they stop the run or are system ops).
 UNTIMED = {"svc", "bkpt", "udf", "vmsr", "vmrs"}

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+
 from ml4f.compiler.backend.binary import TYPE_F32, TYPE_INT8, IOSpec, build_binary, read_binary
 from ml4f.compiler.backend.cycles import BRANCH_REFILL as P
 from ml4f.compiler.backend.decode import Kind, decode

@@ -14,11 +14,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from shared_models import MODELS
+
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import import_model
 from ml4f.dialects.layer import run_model
 
-from shared_models import MODELS  # noqa: E402
 keras = pytest.importorskip("keras")
 L = keras.layers
 
@@ -34,7 +35,7 @@ def assert_close(y: np.ndarray, ref: np.ndarray) -> float:
     return float(err.max())
 
 
-def randomize(model: "keras.Model", seed: int) -> None:
+def randomize(model: keras.Model, seed: int) -> None:
     """Random weights (non-trivial batch-norm statistics; variances positive)."""
     rng = np.random.default_rng(seed)
     for w in model.weights:
@@ -54,7 +55,7 @@ def run_imported(path: Path, xs: list[np.ndarray]) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- generated models
 
 
-def m_conv2d() -> "keras.Model":
+def m_conv2d() -> keras.Model:
     x = keras.Input((12, 10, 3), name="img")
     y = L.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="c1")(x)
     y = L.Conv2D(5, (3, 2), dilation_rate=2, activation="relu6", name="c2")(L.ZeroPadding2D(2, name="zp")(y))
@@ -68,7 +69,7 @@ def m_conv2d() -> "keras.Model":
     return keras.Model(x, L.Dense(5, activation="softmax", name="fc")(y), name="conv2d_model")
 
 
-def m_conv1d() -> "keras.Model":
+def m_conv1d() -> keras.Model:
     return keras.Sequential([
         keras.Input((30, 4)),
         L.Conv1D(8, 4, activation="relu", name="c1"),
@@ -85,7 +86,7 @@ def m_conv1d() -> "keras.Model":
     ], name="conv1d_model")
 
 
-def m_depthwise() -> "keras.Model":
+def m_depthwise() -> keras.Model:
     return keras.Sequential([
         keras.Input((11, 11, 4)),
         L.DepthwiseConv2D(3, strides=2, depth_multiplier=2, padding="same", name="dw1"),
@@ -100,7 +101,7 @@ def m_depthwise() -> "keras.Model":
     ], name="dw_model")
 
 
-def m_graph() -> "keras.Model":
+def m_graph() -> keras.Model:
     """Residual Add, Subtract, Multiply, Concatenate, padding/cropping/upsampling and activations."""
     x = keras.Input((8, 8, 3), name="x")
     a = L.Conv2D(4, 3, padding="same", name="a")(x)
@@ -124,7 +125,7 @@ def m_graph() -> "keras.Model":
     return keras.Model(x, L.Dense(3, name="out")(r), name="graph_model")
 
 
-def m_nested() -> "keras.Model":
+def m_nested() -> keras.Model:
     """A Sequential used as a layer inside a functional model, two inputs, two outputs, and a layer
     shared by two calls (its second output is node 1 in the config)."""
     inner = keras.Sequential([L.Conv2D(4, 3, name="c_in"), L.BatchNormalization(name="bn_in"),

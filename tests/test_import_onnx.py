@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import onnx_import
 from ml4f.compiler.ir import Module
@@ -16,8 +17,8 @@ from ml4f.dialects.layer import run_model
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper
+from shared_models import MODELS
 
-from shared_models import MODELS  # noqa: E402
 RNG = np.random.default_rng(7)
 
 

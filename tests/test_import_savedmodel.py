@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from shared_models import MODELS
+
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import savedmodel
 from ml4f.dialects.layer import run_model
 
-from shared_models import MODELS  # noqa: E402
 KWS = MODELS / "mlperf_tiny/kws_ref_model_savedmodel"
 
 

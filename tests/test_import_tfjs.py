@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_models import MODELS
+
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import import_model
 from ml4f.dialects.layer import run_model
 
-from shared_models import MODELS  # noqa: E402
 keras = pytest.importorskip("keras")
 
 
@@ -30,12 +31,12 @@ def assert_close(y: np.ndarray, ref: np.ndarray) -> float:
 # ----------------------------------------------------------------------------- the Keras reference
 
 
-def _keras_layer(lay: dict) -> "keras.layers.Layer":
+def _keras_layer(lay: dict) -> keras.layers.Layer:
     c = {k: v for k, v in lay["config"].items() if k not in ("batch_input_shape", "dtype")}
     return keras.layers.deserialize({"class_name": lay["class_name"], "config": c, "module": "keras.layers"})
 
 
-def rebuild(topology: dict) -> "keras.Model":
+def rebuild(topology: dict) -> keras.Model:
     """A Keras 3 model from a TF.js (Keras 2 style) topology: Sequential or a functional graph."""
     cfg = topology.get("model_config", topology)
     layers = cfg["config"]["layers"]
@@ -55,7 +56,7 @@ def rebuild(topology: dict) -> "keras.Model":
     return keras.Model(ins, outs)
 
 
-def set_weights(model: "keras.Model", weights: dict[str, np.ndarray]) -> None:
+def set_weights(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
     """Assign `layer/weight` arrays to the Keras model's variables (Keras 3 calls a depthwise kernel
     `kernel`; TF.js `depthwise_kernel`)."""
     used = set()

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_models import MODELS
+
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import tflite
 from ml4f.compiler.ir import Module
@@ -18,7 +20,6 @@ from ml4f.compiler.types import QuantType, TensorType, f16, i32
 from ml4f.dialects import layer
 from ml4f.dialects.layer import run_model
 
-from shared_models import MODELS  # noqa: E402
 litert = pytest.importorskip("ai_edge_litert.interpreter")
 
 
@@ -362,6 +363,7 @@ def test_dispatcher_uses_this_importer() -> None:
 def patched(mutate: Callable[[object], None]) -> bytes:
     """hello_world_float rewritten through the schema's object API after `mutate(model)`."""
     import flatbuffers
+
     from ml4f.compiler.importers import tflite_schema as fb
 
     model = fb.ModelT.InitFromPackedBuf(need("tflite_micro/hello_world_float.tflite").read_bytes(), 0)

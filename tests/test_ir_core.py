@@ -15,7 +15,7 @@ from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.parser import parse
 from ml4f.compiler.passes import parse_pipeline, verify_module
 from ml4f.compiler.printer import print_module
-from ml4f.compiler.types import (QuantType, TensorType, TypeSyntaxError, i8, parse_type)
+from ml4f.compiler.types import QuantType, TensorType, TypeSyntaxError, i8, parse_type
 from ml4f.dialects import layer
 
 

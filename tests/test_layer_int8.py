@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from shared_models import MODELS as SHARED_MODELS
+
 from ml4f.compiler.builder import ModelBuilder, quant
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.types import QuantType, f32, i32

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+
 from ml4f.compiler.builder import ModelBuilder, quant
 from ml4f.compiler.context import Context
 from ml4f.compiler.ir import Module
@@ -390,7 +391,7 @@ def test_random_models(seed: int, pipeline: str) -> None:
 
 # ----------------------------------------------------------------------------- real models
 
-from shared_models import MODELS  # noqa: E402
+from shared_models import MODELS
 
 
 @pytest.mark.parametrize("rel, left", [

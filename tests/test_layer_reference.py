@@ -9,8 +9,8 @@ Keras run on the f16-rounded weights in float32.
 from __future__ import annotations
 
 import time
-from types import ModuleType
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np

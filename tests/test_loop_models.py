@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from shared_models import MODELS
 
 from ml4f.compiler.context import Context
 from ml4f.compiler.importers import import_model
@@ -15,7 +16,6 @@ from ml4f.compiler.passes import PassManager, parse_pipeline
 from ml4f.compiler.transforms.plan_memory import check_plan
 from ml4f.dialects import layer as L
 
-from shared_models import MODELS  # noqa: E402
 FILES = ["ml4f/gestures.tfjsmodel.json", "ml4f/accel.json", "tfjs/mnist_cnn.json",
          "tfjs/dwsep_cnn.json", "tfjs/gesture_1d.json", "tinymaix/mnist_resnet.h5",
          "mlperf_tiny/pretrainedResnet.h5", "mlperf_tiny/vww_96_float.tflite", "onnx/mnist-8.onnx"]

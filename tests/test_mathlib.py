@@ -10,11 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from thumb_corpus import AS, gnu_run
+
 from ml4f.compiler.backend.assembler import assemble
 from ml4f.compiler.backend.binary import TYPE_F32, IOSpec, build_binary
 from ml4f.compiler.backend.emulator import Emulator, RunResult
 from ml4f.compiler.lowering.mathlib import CLOBBERS, OP_ROUTINES, ROUTINES, routines_text
-from thumb_corpus import AS, gnu_run
 
 SMALLEST_NORMAL = 2.0**-126
 SUBNORMAL_ULP = 2.0**-149

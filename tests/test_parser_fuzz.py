@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+
 from ml4f.compiler.context import Context
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.parser import parse

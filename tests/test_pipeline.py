@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_models import MODELS
+
 from ml4f.compiler.context import Context
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.importers import import_model
@@ -28,7 +30,6 @@ from ml4f.compiler.pipeline import (
 from ml4f.compiler.types import FloatType, f16
 from ml4f.dialects.layer import run_model
 
-from shared_models import MODELS  # noqa: E402
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gestures.tfjsmodel.json"
 
 SMALL = ["ml4f/gestures.tfjsmodel.json", "ml4f/accel.json", "ml4f/button.json", "tfjs/mnist_cnn.json",

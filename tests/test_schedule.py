@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+
 from ml4f.compiler.backend.assembler import assemble
 from ml4f.compiler.backend.binary import TYPE_F32, IOSpec, build_binary
 from ml4f.compiler.backend.emulator import Emulator

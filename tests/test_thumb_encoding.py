@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from thumb_corpus import AS, HEADER, corpus_lines, gnu_quirk, gnu_run, wrap_it
+
 from ml4f.compiler.backend.assembler import assemble_full
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.dialects.thumb.encodings import FORMS
-from thumb_corpus import AS, HEADER, corpus_lines, gnu_quirk, gnu_run, wrap_it
 
 pytestmark = pytest.mark.skipif(AS is None, reason="arm-none-eabi-as (binutils-arm-none-eabi) is needed")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ml4f.compiler.diagnostics import read_text  # noqa: F401  (re-exported for the tools)
 
@@ -21,7 +21,7 @@ def run_main(body: Callable[[list[str]], int], argv: list[str] | None = None) ->
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as e:  # noqa: BLE001 - the one place that turns exceptions into messages
+    except Exception as e:
         from ml4f.compiler.diagnostics import CompileError
 
         if debug:

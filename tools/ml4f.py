@@ -101,8 +101,9 @@ def _console() -> Any:
 
 def _print_table(console: Any, result: Any) -> None:
     """The per-layer table (--stats) with totals."""
-    from ml4f.compiler.pipeline import summary_rows
     from rich.table import Table
+
+    from ml4f.compiler.pipeline import summary_rows
 
     table = Table(title=f"{result.model_name} ({result.weights_type} weights)")
     for col, right in (("layer", False), ("op", False), ("output", False), ("MACs", True), ("cycles", True),

@@ -11,7 +11,7 @@ import sys
 
 from ml4f.tools._cli import ArgumentParser, read_text, run_main
 
-SPLIT_MARKER = re.compile(r"^// -----\s*$", re.M)
+SPLIT_MARKER = re.compile(r"^// -----\s*$", re.MULTILINE)
 # DESIGN §3 spells some passes shorter on the command line.
 FLAG_ALIASES = {"regalloc": "thumb-regalloc", "schedule": "thumb-schedule"}
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 def _ordered_steps(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[tuple]]:
     """Split pass flags and -p pipelines (in command-line order, as mlir-opt runs them) from the
     other arguments."""
-    options = set(parser._option_string_actions)  # noqa: SLF001 - argparse has no public listing
+    options = set(parser._option_string_actions)  # argparse has no public listing of its options
     rest: list[str] = []
     steps: list[tuple] = []
     i = 0

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from ml4f.compiler.diagnostics import CompileError, Loc
 
 MAGIC0 = 0x30470F62

@@ -22,9 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from ml4f.compiler.backend.cycles import CycleModel, RangeStats
-from ml4f.compiler.backend.decode import Insn, Kind, decode
-from ml4f.compiler.diagnostics import CompileError, Loc
 from unicorn import (
     UC_ARCH_ARM,
     UC_HOOK_BLOCK,
@@ -48,6 +45,10 @@ from unicorn import (
     UcError,
 )
 from unicorn import arm_const as A
+
+from ml4f.compiler.backend.cycles import CycleModel, RangeStats
+from ml4f.compiler.backend.decode import Insn, Kind, decode
+from ml4f.compiler.diagnostics import CompileError, Loc
 
 PAGE = 0x1000
 CODE_BASE = 0x0800_0000        # where flash sits on most Cortex-M4 parts

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from ml4f.compiler.backend.binary import TYPE_INT8, Binary, IOSpec, read_binary
 from ml4f.compiler.backend.emulator import DEFAULT_STACK_BYTES, Emulator
 from ml4f.compiler.diagnostics import CompileError, Loc

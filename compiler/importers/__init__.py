@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ml4f.compiler.diagnostics import CompileError, Loc
 from ml4f.compiler.ir import Module
@@ -114,9 +114,9 @@ def _looks_like_l4f(text: bytes) -> bool:
 
 def _load_l4f(path: str) -> Module:
     from ml4f.compiler.context import Context
+    from ml4f.compiler.diagnostics import read_text
     from ml4f.compiler.parser import parse
     from ml4f.compiler.passes import verify_module
-    from ml4f.compiler.diagnostics import read_text
 
     module = parse(read_text(path), path, Context())
     verify_module(module)

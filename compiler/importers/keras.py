@@ -15,9 +15,11 @@ import io
 import json
 import os
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
 from ml4f.compiler.diagnostics import CompileError, Loc
 from ml4f.compiler.ir import Module
 

@@ -13,9 +13,11 @@ Weight layouts are converted to the dialect's (see dialects/layer.py): conv kern
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
 from ml4f.compiler.builder import ModelBuilder
 from ml4f.compiler.diagnostics import CompileError, Loc
 from ml4f.compiler.ir import Module, Value

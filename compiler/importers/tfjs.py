@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
+
 from ml4f.compiler.diagnostics import CompileError, Loc
 from ml4f.compiler.ir import Module
 
@@ -149,6 +150,5 @@ def _lookup(named: list[tuple[str, np.ndarray]]) -> Callable[[tuple[str, ...]], 
 def _model_name(path: str) -> str:
     base = os.path.basename(path)
     for suffix in (".json", ".tfjsmodel", ".model"):
-        if base.endswith(suffix):
-            base = base[:-len(suffix)]
+        base = base.removesuffix(suffix)
     return base or "model"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import numpy as np
+
 from ml4f.compiler.builder import ModelBuilder, quant
 from ml4f.compiler.diagnostics import CompileError, Loc
 from ml4f.compiler.ir import Module, Value

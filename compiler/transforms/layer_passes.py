@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+
 from ml4f.compiler.context import Context
 from ml4f.compiler.ir import Module, Operation, Resource
 from ml4f.compiler.passes import ModulePass, Rewriter, register_pass
