@@ -288,3 +288,19 @@ def test_dense_blocks_eight_outputs() -> None:
     assert ok, f"max |err| {err}"
     asm = _kernel_asm(compile_module(case3.module())[0], "fc")
     assert "vldr" not in asm.split("bne")[0].split("\nL")[-1]     # the loop body loads only with VLDM
+
+
+@pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])
+def test_dense_bias_loaded_into_accumulators(f16: bool) -> None:
+    """A dense block's bias goes straight into its 8 accumulators: one VLDM into s16-s23 (f32),
+    or VCVTB/VCVTT of the loaded halves into them (f16), never a VMOV per accumulator."""
+    case = Case("dense24", (1, 40), lambda b, x, w: b.add(L.Dense, x, name="fc", kernel=w(24, 40), bias=w(24)),
+                f16=f16)
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    asm = _kernel_asm(compile_module(case.module())[0], "fc")
+    assert not re.search(r"vmov\.f32 s(1[6-9]|2\d|3[01]), s\d+\n", asm), asm
+    if f16:
+        assert all(re.search(rf"vcvt[bt]\.f32\.f16 s{n}, s\d+\n", asm) for n in range(16, 24)), asm
+    else:
+        assert re.search(r"vldm r\d+, {s16, s17, s18, s19, s20, s21, s22, s23}\n", asm), asm

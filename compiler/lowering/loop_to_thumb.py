@@ -34,6 +34,8 @@ How loops are selected:
   first step peeled (`PEEL_OPS`), and pooling windows are unrolled, so that each accumulator
   starts as init + its first product (one VADD, no VMOV of the init) or, for a max, as its first
   value (loaded straight into the accumulator by VLDM when the taps are consecutive words).
+  An initial value loaded for an accumulator whose first update is in a loop (a dense block's
+  bias) is loaded into it too: one VLDM into the accumulators, or f16 halves widened into them.
 - Accumulators stored to consecutive words from consecutive registers go out as one VSTM.
 - Loop-carried values (pointers, counters, accumulators) are values that a loop body updates and
   the next iteration reads. SSA has no phi nodes here, so they are precolored: this pass gives
@@ -302,6 +304,7 @@ class _Lowering:
         self.flat_blocks: set[int] = set()      # tile blocks whose reduction loop was unrolled fully
         self.pending_stores: list[tuple[Value, Value, int]] = []   # (S register, base, offset)
         self.loaded_first: set[int] = set()     # acc_max ops whose value was loaded into the acc
+        self.loaded_init: set[int] = set()      # loop.acc ops whose initial value was loaded into the acc
 
     # ------------------------------------------------------------------ emission helpers
 
@@ -987,7 +990,7 @@ class _Lowering:
             base = p if off == 0 else self.add_const(p, off, self.reg())
             if wb:
                 self._flush_stores()   # they may address from the pointer written back here
-            into = self._first_taps(run)
+            into = self._first_taps(run) or self._acc_inits(run)
             types = [self.sreg(into[k] if into else None) for k in range(n)] + ([p.type] if wb else [])
             op = self.emit("vldm", [base], types, writeback=wb or None)
             words = op.results[:n]
@@ -995,13 +998,18 @@ class _Lowering:
                 self.ptr[c] = op.results[-1]
                 self.pending[c] = self.pending.get(c, 0) - 4 * n
         halves: dict[tuple[int, int], Value] = {}
+        # f16 initial values of accumulators: each half widened straight into its accumulator
+        accs = self._init_accs(run) if run.loads and all(h >= 0 for _, _, h in run.loads) else None
+        to = iter(self._take_init_accs(accs) if accs and len({(k, h) for _, k, h in run.loads}) == len(accs)
+                  else [None] * len(run.loads))
         for ld, k, h in run.loads:
+            n = next(to)
             if h < 0:
                 self.vals[id(ld.result)] = words[k]
                 continue
             if (k, h) not in halves:
                 mn = "vcvtt.f32.f16" if h else "vcvtb.f32.f16"
-                halves[(k, h)] = self.emit1(mn, [words[k]], self.sreg())
+                halves[(k, h)] = self.emit1(mn, [words[k]], self.sreg(n))
             self.vals[id(ld.result)] = halves[(k, h)]
 
     def _first_taps(self, run: _Run) -> list[int] | None:
@@ -1029,6 +1037,43 @@ class _Lowering:
             del self.fresh[id(u.acc)]
             self.loaded_first.add(id(u))
         return nums
+
+    def _init_accs(self, run: _Run) -> list[Operation] | None:
+        """The loop.acc ops, one per load of `run` in its order, when each load's only use is the
+        initial value of an accumulator not yet allocated whose first update cannot take it
+        directly (e.g. a bias before a reduction loop); None otherwise."""
+        accs = []
+        for ld, _, _ in run.loads:
+            uses = ld.result.uses
+            if len(uses) != 1 or uses[0][0].name != "loop.acc" or uses[0][0].init is not ld.result:
+                return None
+            a = uses[0][0]
+            if a.parent is not ld.parent or id(a.result) in self.precolored \
+                    or a.result.type.elem != f32 or self._first_write(a) is not None:
+                return None
+            accs.append(a)
+        return accs if len(accs) <= len(self.s_free) else None
+
+    def _take_init_accs(self, accs: list[Operation]) -> list[int]:
+        """Allocate the accumulators of `_init_accs` now: their initial values go straight into them."""
+        nums = []
+        for a in accs:
+            nums.append(self.take_s(a.result))
+            self.loaded_init.add(id(a))
+        return nums
+
+    def _acc_inits(self, run: _Run) -> list[int] | None:
+        """The registers to load `run` into when its words are the initial values of accumulators
+        (`_init_accs`) and free accumulator registers are consecutive: the VLDM then fills the
+        accumulators and no VMOV per accumulator follows."""
+        n = len(run.words)
+        if len(run.loads) != n or any(h >= 0 for _, _, h in run.loads):
+            return None
+        accs = self._init_accs(run)
+        if accs is None or [k for _, k, _ in run.loads] != list(range(n)) \
+                or any(b != a + 1 for a, b in itertools.pairwise(self.s_free[:n])):
+            return None
+        return self._take_init_accs(accs)
 
     def _may_write_back(self, c: PtrClass, nbytes: int) -> bool:
         """Whether advancing pointer `c` by `nbytes` now stays within this iteration's bump."""
@@ -1283,6 +1328,15 @@ class _Lowering:
     def op_acc(self, op: Operation) -> None:
         if op.result.type.elem != f32:
             raise op.error("integer accumulators need the int8 code generator")
+        if id(op) in self.loaded_init:
+            # the VLDM of its initial value went straight into its register (`_acc_inits`)
+            self.vals[id(op.result)] = self.val(op.init)
+            return
+        if id(op.init) in self.run_of and id(op.init) not in self.vals and self._first_write(op) is None:
+            self.val(op.init)   # its run may load straight into this and its neighbours' registers
+            if id(op) in self.loaded_init:
+                self.vals[id(op.result)] = self.val(op.init)
+                return
         n = self.take_s(op.result)
         if self._first_write(op) is not None:
             # the first update writes the register from the initial value (see `acc_src`)
