@@ -38,7 +38,12 @@ def run_main(body: Callable[[list[str]], int], argv: list[str] | None = None) ->
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's error convention: one line, exit status 1 (not usage + 2)."""
+    """argparse with the project's error convention (one line, exit status 1, not usage + 2) and
+    the `--debug` flag that `run_main` handles."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", help="show a traceback on errors")
 
     def error(self, message: str):  # type: ignore[override]
         hint = "" if "(see " in message else f" (see {self.prog} --help)"

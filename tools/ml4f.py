@@ -46,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", action="store_true", help="print a per-layer table")
     p.add_argument("--elide-weights", action="store_true", help="write .l4f files without the weight data")
     p.add_argument("-v", "--verbose", action="store_true", help="say what is done")
-    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
     return p
 
 

@@ -22,7 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listing", action="store_true",
                    help="print address, bytes (as halfwords, like objdump) and source of each line")
     p.add_argument("--emit-asm", action="store_true", help="for a .l4f input, print its assembly instead")
-    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
     return p
 
 

@@ -44,7 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "functions, or their machine code (raw bytes, as ml4f-as writes)")
     p.add_argument("--list-ops", action="store_true", help="list every op with its documentation")
     p.add_argument("--list-passes", action="store_true", help="list every pass with its options")
-    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
     return p
 
 

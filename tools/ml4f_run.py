@@ -21,7 +21,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="save the output as .npy (in the model's output type)")
     p.add_argument("--json", dest="json_out", help="write the output and run statistics as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input used without --input")
-    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
     return p
 
 
