@@ -147,6 +147,19 @@ CASES = [
         L.Relu, bn(b, conv(L.Conv2D, (3, 3), 4, padding="same")(b, x, w), w), name="relu")),
     Case("dense_sigmoid_softmax", (1, 12), lambda b, x, w: b.add(L.Softmax, b.add(
         L.Sigmoid, b.add(L.Dense, x, name="fc", kernel=w(5, 12), bias=w(5)), name="sig"), name="sm")),
+    # max poolings folded into the convolution before them (the conv's last position unread)
+    Case("conv1d_relu_maxpool", (1, 21, 5), lambda b, x, w: b.add(
+        L.MaxPool1D, conv(L.Conv1D, (3,), 8, activation="relu")(b, x, w), name="p", pool_size=[2],
+        strides=[2])),
+    Case("conv2d_maxpool2x2_f16", (1, 9, 8, 3), lambda b, x, w: b.add(
+        L.MaxPool2D, conv(L.Conv2D, (3, 3), 6, activation="relu")(b, x, w), name="p",
+        pool_size=[2, 2], strides=[2, 2]), f16=True),
+    Case("conv2d_relu6_sigmoid_pool_tanh", (1, 6, 7, 4), lambda b, x, w: b.add(L.Tanh, b.add(
+        L.MaxPool2D, b.add(L.Sigmoid, conv(L.Conv2D, (1, 1), 5, activation="relu6")(b, x, w), name="s"),
+        name="p", pool_size=[3, 1], strides=[3, 1]), name="t")),
+    Case("dw1d_maxpool3", (1, 14, 4), lambda b, x, w: b.add(
+        L.MaxPool1D, conv(L.DepthwiseConv1D, (3,), depth_multiplier=2)(b, x, w), name="p",
+        pool_size=[3], strides=[3])),
     Case("two_outputs", (1, 6, 2), lambda b, x, w: (b.add(L.Relu, x, name="r"),
                                                     b.add(L.Conv1D, x, name="c", kernel=w(3, 2, 2)))),
 ]

@@ -7,7 +7,9 @@ layer. Each layer op has a short pattern in `PATTERNS` built from four shared he
 and pooling, 1-D and 2-D), `matvec` (dense) and `copy` (concat, padding, cropping, upsampling).
 
 Activations and batch-norm scale/shift that follow a layer as the only user of its result are
-fused into the layer's store (an "epilogue"), so they cost no pass over memory. With
+fused into the layer's store (an "epilogue"), so they cost no pass over memory. A max pooling
+that follows a convolution that way, with windows that tile the convolution's output, is folded
+into it: one accumulator per window tap, the stored value their max. With
 `lower-to-loops{fuse=false}` every layer op gets a kernel of its own instead, and the `fuse` pass
 (compiler/transforms/loop_fuse.py) performs the same fusion on the loop dialect, visibly. 'same' padding is
 handled by loop bounds: the output range of each axis is split into segments whose valid kernel
@@ -207,14 +209,23 @@ class LayerLowering:
     out: TensorBuf
     state: ModelLowering
     fused: list[Operation]
+    pool: Operation | None = None     # a max pooling folded into this convolution (`pool_window`)
 
     def finish(self, v: Value, channel: Aff) -> Value:
         """The op's own activation, then each fused op's element function."""
         act = self.op.get_attr("activation") if "activation" in self.op._attr_defs else "none"
         v = activation(self.em, act, v)
         for f in self.fused:
-            v = UNARY[type(f).__name__](self, f, v, channel)
+            if f is not self.pool:
+                v = UNARY[type(f).__name__](self, f, v, channel)
         return v
+
+    def pool_window(self) -> tuple[int, int]:
+        """The folded max pooling's window as (h, w) (1-D: h = 1), or (1, 1)."""
+        if self.pool is None:
+            return (1, 1)
+        k = tuple(self.pool.pool_size)
+        return (int(k[0]), int(k[1])) if len(k) == 2 else (1, int(k[0]))
 
     def weights(self, res: Resource | None) -> TensorBuf | None:
         return self.state.weights(res) if res is not None else None
@@ -223,12 +234,13 @@ class LayerLowering:
 class ModelLowering:
     """Lowers one layer.model into a loop.func; keeps buffers and weights (no global state)."""
 
-    def __init__(self, model: Operation, fuse: bool = True):
+    def __init__(self, model: Operation, fuse: bool = True, pool: bool = True):
         from ml4f.dialects import layer, loop
 
         self.layer, self.L = layer, loop
         self.model = model
         self.fuse = fuse
+        self.fold_pools = fuse and pool
         self.block = Block()
         self.allocs: list[Operation] = []
         self.weight_ops: list[Operation] = []
@@ -298,6 +310,9 @@ class ModelLowering:
                 self.bufs[id(op.result)] = TensorBuf(self.bufs[id(op.x)].value, op.result.type.shape)
                 continue
             fused = self.fusable_chain(op, outputs) if pattern.epilogue and self.fuse else []
+            pool = self.foldable_pool(op, fused, outputs) if self.fold_pools else None
+            if pool is not None:
+                fused = [*fused, pool, *self.fusable_chain(pool, outputs)]
             consumed.update(id(f) for f in fused)
             last = fused[-1] if fused else op
             out = self.alloc(last.result, op)
@@ -307,7 +322,7 @@ class ModelLowering:
             kernel.loc = op.loc
             em = Emitter(op, kernel.body.block)
             ins = [self.bufs[id(v)] for v in op.operands]
-            pattern.fn(LayerLowering(op, em, ins, out, self, fused))
+            pattern.fn(LayerLowering(op, em, ins, out, self, fused, pool))
             self.kernels.append(kernel)
         func = self.L.Func([], [], {
             "input_shapes": [list(i.result.type.shape) for i in model.inputs],
@@ -332,6 +347,36 @@ class ModelLowering:
             chain.append(user)
             cur = user
         return chain
+
+    def foldable_pool(self, op: Operation, chain: list[Operation], outputs: set[int]) -> Operation | None:
+        """A max pooling that can be computed inside convolution `op`'s loop nest: the only user
+        of the conv's (or its element-wise chain's) result, with windows that tile the conv's
+        output (pool size = strides, 'valid'), after a conv whose every output position sees the
+        whole kernel (one window segment) and a chain of non-decreasing functions, which commute
+        with max. The conv then computes only the positions the windows read, and each pooled
+        value is the max of a few accumulators in registers: no intermediate buffer, no second
+        pass over memory."""
+        layer = self.layer
+        if not isinstance(op, (layer.Conv1D, layer.Conv2D, layer.DepthwiseConv1D, layer.DepthwiseConv2D)):
+            return None
+        if op.get_attr("activation") not in ("none", "relu", "relu6"):
+            return None
+        for f in chain:
+            name = type(f).__name__
+            if not (name in ("Relu", "Relu6", "Sigmoid", "Tanh") or (name == "LeakyRelu" and f.alpha >= 0)):
+                return None
+        last = chain[-1] if chain else op
+        if len(last.result.uses) != 1 or id(last.result) in outputs:
+            return None
+        user = last.result.uses[0][0]
+        if not isinstance(user, (layer.MaxPool1D, layer.MaxPool2D)) or user.quantized:
+            return None
+        if user.padding != "valid" or tuple(user.pool_size) != tuple(user.strides):
+            return None
+        win = Window.of(op, op.window(), op.strides, op.dilation)
+        if len(list(win.segments())) != 1:
+            return None
+        return user
 
 
 # ----------------------------------------------------------------------------- element functions
@@ -507,17 +552,26 @@ def windowed(low: LayerLowering, win: Window, channels: Sequence[tuple[int, str]
     `init`, `reduce` adds the window's taps (plus the `reduce_channels` loops, e.g. input channels),
     and `result` turns it into the stored value."""
     em = low.em
-    oh, ow = win.out_hw
+    ph, pw = low.pool_window()    # a folded max pooling: the max of ph x pw windows per output
+    oh, ow = win.out_hw[0] // ph, win.out_hw[1] // pw
     out4 = TensorBuf(low.out.value, (1, oh, ow, low.out.shape[-1]))
+    taps = [(qy, qx) for qy in range(ph) for qx in range(pw)]
     for (oy0, oy1, ky0, ky1), (ox0, ox1, kx0, kx1) in win.segments():
+        if taps != [(0, 0)]:
+            (oy0, oy1), (ox0, ox1) = (0, oh), (0, ow)   # one segment (LayerLowering.foldable_pool)
         with em.loops([(oy0, oy1, "oy"), (ox0, ox1, "ox")]) as (oy, ox), \
                 em.loops([(0, n, name) for n, name in channels]) as cs:
-            acc = em.acc(init(cs))
+            start = init(cs)
+            accs = [em.acc(start) for _ in taps]
             with em.loops([(ky0, ky1, "ky"), (kx0, kx1, "kx")]) as (ky, kx), \
                     em.loops([(0, n, name) for n, name in reduce_channels]) as rcs:
-                iy, ix = win.in_index(oy, ox, ky, kx)
-                reduce(acc, [*cs, *rcs, ky, kx], iy, ix)
-            v = result(em.acc_read(acc), cs, (ky1 - ky0) * (kx1 - kx0))
+                for acc, (qy, qx) in zip(accs, taps):
+                    iy, ix = win.in_index(oy * ph + qy, ox * pw + qx, ky, kx)
+                    reduce(acc, [*cs, *rcs, ky, kx], iy, ix)
+            vals = [result(em.acc_read(acc), cs, (ky1 - ky0) * (kx1 - kx0)) for acc in accs]
+            v = vals[0]
+            for other in vals[1:]:
+                v = em.max(v, other)
             oc = out_channel(cs)
             em.store(low.finish(v, oc), out4, out4.at(0, oy, ox, oc))
 
@@ -736,20 +790,23 @@ PATTERNS: dict[str, Pattern] = {
 class LowerToLoops(ModulePass):
     """Lowers every layer.model to a loop.func (float32 models); fails on any op it cannot lower.
     With fuse=false, element-wise layers get kernels of their own instead of running in their
-    producer's store (the `fuse` pass then merges them on the loop dialect).
+    producer's store (the `fuse` pass then merges them on the loop dialect). A max pooling whose
+    windows tile a convolution's output is folded into the convolution (`foldable_pool`) unless
+    pool=false or fuse=false; the `fuse` pass does not fold pools.
 
     Example: ml4f-opt --lower-to-loops model.l4f;  ml4f-opt -p 'lower-to-loops{fuse=false},fuse'
     """
 
     name: ClassVar[str] = "lower-to-loops"
     fuse: bool = True
+    pool: bool = True
 
     def apply(self, ctx: Context, module: Module) -> None:
         from ml4f.dialects import layer
 
         for op in list(module.ops):
             if isinstance(op, layer.Model):
-                func = ModelLowering(op, self.fuse).run()
+                func = ModelLowering(op, self.fuse, self.pool).run()
                 module.body.insert_before(op, func)
                 module.body.erase(op)
         left = [op for op in module.walk() if op.name.startswith("layer.")]

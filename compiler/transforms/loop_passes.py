@@ -346,7 +346,9 @@ class Tile(ModulePass):
     An accumulator loop with no enclosing loop to block (a dense layer: its inputs are shared by
     the outputs only) is blocked by `single` outputs instead (default 8; 0: sizes[-1]). A max
     pooling's channel loop is blocked by min(pool, channels) and its positions by the rest of
-    `pool` accumulators (default 16: 1 x 16 for 16 channels; 0: sizes).
+    `pool` accumulators (default 16: 1 x 16 for 16 channels; 0: sizes). A loop that starts n
+    accumulators per iteration (a convolution with a folded max pooling) blocks sizes[-2] // n
+    positions.
     Example: ml4f-opt --tile=4,4 model.loops.l4f   (16 accumulators, 4 inputs, 4 weights)
     """
 
@@ -370,6 +372,10 @@ class Tile(ModulePass):
                 if self.single and not (isinstance(f.parent.parent.parent, L.For) and
                                         _jam_ok(f.parent.parent.parent)):
                     sizes = [self.single]   # nothing to block around it (dense): more outputs
+                elif (n := sum(isinstance(o, L.Acc) for o in f.body.block.ops)) > 1 and len(sizes) >= 2:
+                    # several accumulators per output (a folded max pooling's window taps): fewer
+                    # positions, so a block keeps sizes[-1] x sizes[-2] accumulators
+                    sizes[-2] = max(1, sizes[-2] // n)
                 elif self.pool and len(sizes) == 2 and _is_pool(f):
                     # windows do not share loads between positions: whole rows of channels
                     # instead (one VLDM per tap row, one VSTM per output row)
