@@ -239,6 +239,29 @@ def test_sliding_window_shares_input_loads() -> None:
     assert len(xs) == 7
 
 
+@pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])
+def test_weights_packed_in_reading_order(f16: bool) -> None:
+    """A 2-tap convolution over 16 channels reads, per step of its channel loop, the weights of
+    both taps for 4 output channels: packed in that order, each run is one post-incremented VLDM
+    (no address arithmetic, no single VLDRs) in every block, the 2-position remainder included."""
+    case = Case("taps2", (1, 10, 16), conv(L.Conv1D, (2,), 8, activation="relu"), f16=f16)
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    res, func, _, _ = compile_module(case.module())
+    asm = _kernel_asm(res, "conv")
+    labels = re.findall(r"^(L\d+_\w+):$", asm, re.M)
+    bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
+    inner = [body for body in bodies if "\nL" not in body]
+    assert len(inner) >= 2                       # the 4-position blocks and the remainder
+    from ml4f.dialects import loop
+    wbuf = next(o for o in func.body.block.ops if isinstance(o, loop.WeightsBuf) and o.data.type.rank == 3)
+    assert wbuf.data.name.endswith(".packed")
+    for body in inner:
+        wregs = set(re.findall(r"vldm (r\d+)!, \{s\d+(?:, s\d+)+\}", body))
+        assert wregs, body                       # runs of words: f32 weights, or pairs of halves
+        assert not any(re.search(rf"(vldr s\d+|add r\d+), {r}\b", body) for r in wregs), body
+
+
 def test_pooling_window_starts_from_first_tap() -> None:
     """Max pooling over 2 taps: one compare per output (the first tap initialises the output
     register, no -inf and no loop over the window)."""

@@ -212,15 +212,98 @@ def pack_weights(func: Operation, block: int = 4) -> list[str]:
         else:
             if not plans or not any(p[2] for _, p in plans):
                 continue
+            accesses = [acc for acc, _ in plans]
+            order = _first_touch_order(func, accesses, K)
+            refit = _refit(accesses, order, K, Cp, blk) if order is not None else None
+            if refit is not None:
+                plans = [(acc, (off, st, True)) for acc, (off, st) in zip(accesses, refit)]
+            else:
+                order = np.arange(K)
             for acc, (offset, strides, _) in plans:
                 acc.attributes["offset"] = offset
                 acc.attributes["strides"] = tuple(strides)
             d = w.data.array().reshape(-1)
-            head = d[:Cp * K].reshape(Cp // blk, blk, K).transpose(0, 2, 1).reshape(-1)
-            data = np.concatenate([head, d[Cp * K:]]).reshape(shape)
+            rows = d.reshape(C, K)[:, order]          # element r of a channel moves to rank(r)
+            head = rows[:Cp].reshape(Cp // blk, blk, K).transpose(0, 2, 1).reshape(-1)
+            data = np.concatenate([head, rows[Cp:].reshape(-1)]).reshape(shape)
             w.attributes["data"] = Resource(w.data.name + ".packed", w.data.type, data)
             packed.append(w.data.name)
     return packed
+
+
+def _first_touch_order(func: Operation, accesses: list[Operation], K: int) -> np.ndarray | None:
+    """The elements r of a channel (index c*K + r) in the order the code first reads them, walking
+    each kernel in program order with every loop that moves an access within a channel run in
+    full and every other loop at its first iteration; None when that is the natural order."""
+    L = _loop()
+    inner = {id(v) for acc in accesses for v, s in zip(acc.ivs, acc.strides) if s % K}
+    mine = {id(a) for a in accesses}
+    seen: dict[int, None] = {}
+
+    def walk(block: Block, env: dict[int, int]) -> None:
+        for op in block.ops:
+            if isinstance(op, L.For):
+                its = range(op.lb, op.ub, op.step) if id(op.iv) in inner else range(op.lb, op.ub)[:1]
+                for i in its:
+                    env[id(op.iv)] = i
+                    walk(op.body.block, env)
+            elif id(op) in mine:
+                idx = op.offset + sum(s * env.get(id(v), 0) for v, s in zip(op.ivs, op.strides))
+                seen.setdefault(idx % K)
+            else:
+                for region in op.regions:
+                    for b in region.blocks:
+                        walk(b, env)
+
+    for k in func.body.block.ops:
+        if isinstance(k, L.Kernel) and any(id(o) in mine for o in k.walk()):
+            walk(k.body.block, {})
+    order = list(seen) + [r for r in range(K) if r not in seen]
+    return None if order == list(range(K)) else np.asarray(order)
+
+
+def _refit(accesses: list[Operation], order: np.ndarray, K: int, Cp: int, block: int
+           ) -> list[tuple[int, list[int]]] | None:
+    """(offset, strides) of each access once a channel's element r sits at rank(r) inside the
+    channel-interleaved packing, or None when some access would no longer be affine."""
+    L = _loop()
+    rank = np.empty(K, dtype=np.int64)
+    rank[order] = np.arange(K)
+    out = []
+    for acc in accesses:
+        axes = []
+        for v in acc.ivs:
+            r = L.iv_range(v)
+            owner = v.owner
+            loop = owner.parent.parent if not isinstance(owner, Operation) and owner.parent else None
+            step = loop.step if isinstance(loop, L.For) else 1
+            if r is None:
+                return None
+            axes.append(np.arange(r[0], r[1] + 1, step, dtype=np.int64))
+        grids = np.meshgrid(*axes, indexing="ij") if axes else []
+        old = np.full(grids[0].shape if grids else (), acc.offset, dtype=np.int64)
+        for g, st in zip(grids, acc.strides):
+            old = old + st * g
+        c, r = old // K, old % K
+        new = np.where(c < Cp, (c // block) * block * K + rank[r] * block + c % block, c * K + rank[r])
+        base = new[(0,) * len(axes)] if axes else int(new)
+        strides = []
+        for i, ax in enumerate(axes):
+            if len(ax) < 2:
+                strides.append(0)
+                continue
+            d = new[tuple(1 if j == i else 0 for j in range(len(axes)))] - base
+            if d % (ax[1] - ax[0]):
+                return None
+            strides.append(int(d // (ax[1] - ax[0])))
+        offset = int(base) - sum(st * int(ax[0]) for st, ax in zip(strides, axes))
+        fit = np.full_like(new, offset)
+        for g, st in zip(grids, strides):
+            fit = fit + st * g
+        if not np.array_equal(fit, new):
+            return None
+        out.append((offset, strides))
+    return out
 
 
 def _pack_plan(acc: Operation, K: int, Cp: int, block: int) -> tuple[int, list[int], bool] | None:
@@ -273,9 +356,8 @@ class _Lowering:
         self.labels = 0
         self.vals: dict[int, Value] = {}
         self.bufs: dict[int, _Buf] = {}
-        if pack:
-            pack_weights(func)
-        self.layout = WeightsLayout.of(func)
+        self.pack = pack
+        self.layout = WeightsLayout()
         self.layer_labels: list[tuple[str, str]] = []
         self.routines: set[str] = set()
         self.src: Operation = func
@@ -380,6 +462,12 @@ class _Lowering:
         self.wbase = self.emit1("add", [self.model_ptr, wo], self.reg())
         self.arena = self.emit1("mov", [arena_in], self.reg())
         for op in func.body.block.ops:
+            if isinstance(op, L.Kernel):
+                self.reshape(op)
+        if self.pack:
+            pack_weights(func)   # after reshaping: weights are packed in the order the loops read them
+        self.layout = WeightsLayout.of(func)
+        for op in func.body.block.ops:
             if isinstance(op, L.Alloc):
                 if op.offset < 0:
                     raise op.error("has no arena offset: run plan-memory before lower-to-thumb")
@@ -414,13 +502,6 @@ class _Lowering:
         self.kname = name
         self.label(name)
         self.layer_labels.append((k.symbol, name))
-        if self.unroll != 1:
-            self._slide_windows(k)
-        self._coalesce(k)
-        if self.unroll != 1:
-            self._unroll_reductions(k)
-            self._unroll_max_windows(k)
-            self._peel_first_steps(k)
         from ml4f.compiler.lowering.mathlib import OP_ROUTINES
         has_call = any(o.name in OP_ROUTINES for o in k.walk())
         self.core_pool = CORE_POOL_CALLS if has_call else CORE_POOL
@@ -430,6 +511,17 @@ class _Lowering:
         self.loop_of_iv = {id(f.iv): f for f in k.walk() if isinstance(f, self.L.For)}
         self._analyze(k)
         self.lower_block(k.body.block)
+
+    def reshape(self, k: Operation) -> None:
+        """The loop transformations made for the register file before selection (same results)."""
+        self.src = k
+        if self.unroll != 1:
+            self._slide_windows(k)
+        self._coalesce(k)
+        if self.unroll != 1:
+            self._unroll_reductions(k)
+            self._unroll_max_windows(k)
+            self._peel_first_steps(k)
 
     def _coalesce(self, k: Operation) -> None:
         """Fuse a loop whose body is only another loop into one loop, when every access walks
@@ -531,6 +623,9 @@ class _Lowering:
         positions and a 4-tap window, position p at tap t reads what position p+1 reads at t-1,
         so a step loads 7 inputs instead of 16. The reduction order changes (a sum reordered)."""
         L = self.L
+        # Nests of the same shape (a tile's main block and its remainder) take the same loop order
+        # when that costs the remainder no loads, so their weights are read in one order (packing).
+        nests = []
         for f in [f for f in k.walk() if isinstance(f, L.For)]:
             ops = f.body.block.ops
             fmas = [o for o in ops if isinstance(o, L.AccFma)]
@@ -545,6 +640,7 @@ class _Lowering:
                     break
             loads = [o for o in ops if isinstance(o, L.Load)]
             best, best_count = None, len(loads)
+            counts: dict[int, float] = {}
             for r in nest:
                 n = r.trip_count
                 if not 1 < n <= 8:
@@ -561,11 +657,18 @@ class _Lowering:
                              if len(v) < n * sum(1 for ld in loads if id(ld.buffer) == b))
                 accs = len({id(o.acc) for o in fmas})
                 # the accumulators, the shared inputs of a step, a run of weights and products fit
-                if count < 0.85 * best_count and accs + shared + 4 + 2 <= 32:
-                    best, best_count = r, count
-            if best is None:
-                continue
-            self._rotate_innermost(nest, best)
+                if accs + shared + 4 + 2 <= 32:
+                    counts[nest.index(r)] = count
+                    if count < best_count:
+                        best, best_count = r, count
+            nests.append((nest, best, counts, len(loads), tuple(g.trip_count for g in nest)))
+        chosen = {shape: nest.index(best) for nest, best, _, _, shape in nests if best is not None}
+        for nest, best, counts, n_loads, shape in nests:
+            i = chosen.get(shape)
+            if best is None and i is not None and counts.get(i, n_loads + 1) <= n_loads:
+                best = nest[i]
+            if best is not None:
+                self._rotate_innermost(nest, best)
 
     def _rotate_innermost(self, nest: list[Operation], r: Operation) -> None:
         """Rebuild the perfect nest `nest` with loop `r` innermost, then unroll `r` fully."""
@@ -896,7 +999,8 @@ class _Lowering:
             elif elem == f16 and self._aligned(c):
                 by_class.setdefault(id(c), []).append((rel - rel % 4, (rel % 4) // 2, op))
         runs: list[_Run] = []
-        busy = len(ACC_POOL) - len(self.s_free)   # accumulators live around this block
+        # accumulators live around this block, and those it starts (a peeled first step)
+        busy = len(ACC_POOL) - len(self.s_free) + sum(isinstance(o, L.Acc) for o in block.ops)
         # a run's registers stay live while its values are used: shorter runs when the
         # accumulators take most registers
         # up to 4 accumulators: runs of 8, two live at a time; up to 8 (a dense block of 8
