@@ -262,6 +262,36 @@ def test_weights_packed_in_reading_order(f16: bool) -> None:
         assert not any(re.search(rf"(vldr s\d+|add r\d+), {r}\b", body) for r in wregs), body
 
 
+def test_channel_loop_runs_two_steps_per_iteration() -> None:
+    """A 4x4 tile's reduction over 16 input channels (2 taps each) runs two channel steps per
+    iteration, each with its own loads (the second step's inputs are loaded after the first
+    step's products, so one step's inputs are live at a time): 7 iterations after the peeled
+    first two steps, one counter update and branch per 64 MACs."""
+    case = Case("steps2", (1, 9, 16), conv(L.Conv1D, (2,), 4, activation="relu"))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    asm = _kernel_asm(compile_module(case.module())[0], "conv")
+    labels = re.findall(r"^(L\d+_\w+):$", asm, re.M)
+    bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
+    main = max((b for b in bodies if "\nL" not in b), key=lambda b: b.count("vmul.f32"))
+    assert main.count("vmul.f32") == 64 and main.count("subs") == 1
+    assert re.search(r"movw r\d+, #7\n" + re.escape(f"{labels[bodies.index(main)]}:"), asm)
+    # the second step's first input load comes after the first step's 32 products
+    loads = [m.start() for m in re.finditer(r"vld[rm] s|vldm r\d+!?, \{s", main)]
+    muls = [m.start() for m in re.finditer(r"vmul\.f32", main)]
+    assert sum(1 for p in loads if p > muls[31]) >= 4
+
+
+def test_tile_shape_estimate() -> None:
+    """The tile shape estimate (cycles per MAC of one input-channel step) prefers 8 positions x 2
+    channels only where each widened f16 weight then pays off: a wide window."""
+    from ml4f.compiler.transforms.loop_passes import _step_cycles
+    assert _step_cycles(8, 2, 4, True) < 0.98 * _step_cycles(4, 4, 4, True)
+    assert _step_cycles(8, 2, 2, True) > _step_cycles(4, 4, 2, True)
+    assert _step_cycles(8, 2, 4, False) > 0.98 * _step_cycles(4, 4, 4, False)
+    assert _step_cycles(4, 4, 2, False) == pytest.approx((64 + 10 + 10) / 32)
+
+
 def test_pooling_window_starts_from_first_tap() -> None:
     """Max pooling over 2 taps: one compare per output (the first tap initialises the output
     register, no -inf and no loop over the window)."""

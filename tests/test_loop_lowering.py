@@ -147,6 +147,8 @@ CASES = [
         L.Relu, bn(b, conv(L.Conv2D, (3, 3), 4, padding="same")(b, x, w), w), name="relu")),
     Case("dense_sigmoid_softmax", (1, 12), lambda b, x, w: b.add(L.Softmax, b.add(
         L.Sigmoid, b.add(L.Dense, x, name="fc", kernel=w(5, 12), bias=w(5)), name="sig"), name="sm")),
+    # f16 weights over a 4-tap window: 8 positions x 2 channels per tile, 2 remainder positions
+    Case("conv1d_k4_f16_wide_tile", (1, 21, 3), conv(L.Conv1D, (4,), 6, activation="relu"), f16=True),
     # max poolings folded into the convolution before them (the conv's last position unread)
     Case("conv1d_relu_maxpool", (1, 21, 5), lambda b, x, w: b.add(
         L.MaxPool1D, conv(L.Conv1D, (3,), 8, activation="relu")(b, x, w), name="p", pool_size=[2],

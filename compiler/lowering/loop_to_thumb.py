@@ -76,6 +76,7 @@ CORE_POOL_CALLS = (4, 5, 6, 7, 8, 9, 10, 11)   # a kernel that calls a routine k
 ACC_POOL = tuple(range(16, 32))
 WINDOW = 1024                                   # VLDR/VSTR reach [rn, #0..1020]
 PEEL_OPS = 120                                  # bound on the ops of a reduction step copied by peeling
+SEQ_UNROLL = 2                                  # copies of a full tile's reduction step per iteration
 FLAT_MACS = 128                                 # bound on the MACs of a fully unrolled tile reduction
 UNROLL_MIN_MACS = 256                           # automatic unrolling only for nests doing this much
 
@@ -201,17 +202,22 @@ def pack_weights(func: Operation, block: int = 4) -> list[str]:
         if len(shape) < 2 or w.data.data is None:
             continue
         C, K = shape[0], int(np.prod(shape[1:]))
-        blk = min(block, C)   # fewer channels than a block (a small dense layer): one group
-        Cp = blk * (C // blk)
-        plans = []
-        for acc in loads.get(id(w.result), []):
-            plan = _pack_plan(acc, K, Cp, blk)
-            if plan is None:
+        # a group per tile of `block` channels, or of half as many (a tile of 2 channels)
+        for blk in dict.fromkeys((min(block, C), min(block // 2, C))):   # fewer channels: one group
+            if blk < 2 and C > 1:
+                plans = []
                 break
-            plans.append((acc, plan))
-        else:
-            if not plans or not any(p[2] for _, p in plans):
-                continue
+            Cp = blk * (C // blk)
+            plans = []
+            for acc in loads.get(id(w.result), []):
+                plan = _pack_plan(acc, K, Cp, blk)
+                if plan is None:
+                    plans = []
+                    break
+                plans.append((acc, plan))
+            if plans and any(p[2] for _, p in plans):
+                break
+        if plans and any(p[2] for _, p in plans):
             accesses = [acc for acc, _ in plans]
             order = _first_touch_order(func, accesses, K)
             refit = _refit(accesses, order, K, Cp, blk) if order is not None else None
@@ -384,6 +390,8 @@ class _Lowering:
         self.fresh: dict[int, Value] = {}       # id(acc) -> its init, for an acc not yet written
         self.run_pairs = True                   # whether two runs of weights may be live at once
         self.flat_blocks: set[int] = set()      # tile blocks whose reduction loop was unrolled fully
+        self.copy_of: dict[int, tuple[int, Operation]] = {}   # id(op) -> (its copy, op) in a loop
+                                                              # unrolled copy by copy
         self.pending_stores: list[tuple[Value, Value, int]] = []   # (S register, base, offset)
         self.loaded_first: set[int] = set()     # acc_max ops whose value was loaded into the acc
         self.loaded_init: set[int] = set()      # loop.acc ops whose initial value was loaded into the acc
@@ -611,6 +619,20 @@ class _Lowering:
             xs = len({id(o.a) for o in fmas} - {id(o.b) for o in fmas})
             factors = (self.unroll,) if self.unroll > 1 else (8, 4, 2)
             u = next((u for u in factors if u * (xs + 2) <= 28 - accs), 1)
+            uses: dict[int, int] = {}
+            for o in fmas:
+                uses[id(o.a)] = uses.get(id(o.a), 0) + 1
+            if u == 1 and self.unroll == 0 and SEQ_UNROLL > 1 and f.trip_count % SEQ_UNROLL == 0 and \
+                    accs + xs + 2 + 8 <= 32 and min(uses.values()) > 1:
+                # a register-blocked tile (each input feeds several accumulators): the copies go
+                # one after the other, each with its own runs (so one copy's inputs are live at a
+                # time), and the loop control is paid once per SEQ_UNROLL steps
+                n = len(f.body.block.ops)
+                made = unroll(f, SEQ_UNROLL)
+                copies = made[0].body.block.ops if isinstance(made[0], L.For) else made
+                for i, op in enumerate(copies):
+                    self.copy_of[id(op)] = (i // n, op)
+                continue
             if xs == 1 and self.unroll == 0 and 4 < accs <= 8:
                 # a dense block of 8 outputs: 8 inputs (one VLDM) and one run of 8 weights live
                 u = 8
@@ -657,7 +679,7 @@ class _Lowering:
                              if len(v) < n * sum(1 for ld in loads if id(ld.buffer) == b))
                 accs = len({id(o.acc) for o in fmas})
                 # the accumulators, the shared inputs of a step, a run of weights and products fit
-                if accs + shared + 4 + 2 <= 32:
+                if accs + shared + 2 + 2 <= 32:
                     counts[nest.index(r)] = count
                     if count < best_count:
                         best, best_count = r, count
@@ -721,7 +743,9 @@ class _Lowering:
             cl = Cloner(ivmap={id(f.iv): (f.lb, {})})
             tmp = Block()
             for op in ops:
-                cl.clone(op, tmp)
+                new = cl.clone(op, tmp)
+                if id(op) in self.copy_of:
+                    self.copy_of[id(new)] = (self.copy_of[id(op)][0], new)
             for op in list(tmp.ops):
                 tmp.ops.remove(op)
                 block.insert_before(f, op)
@@ -987,17 +1011,18 @@ class _Lowering:
         pairs (a word holds two halves) when the pointer stays word-aligned."""
         L = self.L
         stored = {id(o.buffer) for op in block.ops for o in op.walk() if isinstance(o, L.Store)}
-        by_class: dict[int, list[tuple[int, int, Operation]]] = {}
+        by_class: dict[tuple[int, int], list[tuple[int, int, Operation]]] = {}
         for op in block.ops:
             if not isinstance(op, L.Load) or id(op) not in self.class_of or id(op.buffer) in stored:
                 continue
             c = self.class_of[id(op)]
             rel = self._key(op)[1]
             elem = self.bufs[id(op.buffer)].elem
+            key = (id(c), self.copy_of.get(id(op), (0,))[0])
             if elem == f32:
-                by_class.setdefault(id(c), []).append((rel, -1, op))
+                by_class.setdefault(key, []).append((rel, -1, op))
             elif elem == f16 and self._aligned(c):
-                by_class.setdefault(id(c), []).append((rel - rel % 4, (rel % 4) // 2, op))
+                by_class.setdefault(key, []).append((rel - rel % 4, (rel % 4) // 2, op))
         runs: list[_Run] = []
         # accumulators live around this block, and those it starts (a peeled first step)
         busy = len(ACC_POOL) - len(self.s_free) + sum(isinstance(o, L.Acc) for o in block.ops)
@@ -1005,11 +1030,19 @@ class _Lowering:
         # accumulators take most registers
         # up to 4 accumulators: runs of 8, two live at a time; up to 8 (a dense block of 8
         # outputs): runs of 8, one at a time; more: runs of 4, two at a time
-        longest = 8 if busy <= 8 else 4
+        per_copy: dict[int, int] = {}
+        for op in block.ops:
+            if isinstance(op, L.Load) and id(op) in self.class_of and not isinstance(op.buffer.op, L.WeightsBuf):
+                k = self.copy_of.get(id(op), (0,))[0]
+                per_copy[k] = per_copy.get(k, 0) + 1
+        inputs = max(per_copy.values(), default=0)   # the inputs of one copy are live at a time
+        longest = 8 if busy <= 8 or busy + 8 + inputs + 2 <= len(ACC_POOL) * 2 else 4
         self.run_pairs = busy <= 4 or busy > 8
         for loads in by_class.values():
             c = self.class_of[id(loads[0][2])]
-            limit = longest if loads[0][1] < 0 else max(1, longest // 2)
+            limit = longest
+            if loads[0][1] >= 0 and busy + 2 * longest + inputs + 2 > len(ACC_POOL) * 2:
+                limit = max(1, longest // 2)   # f16: a word widens into two registers
             if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf):
                 limit = 1   # inputs of every step of a flattened tile: one register each, briefly
             words = sorted({w for w, _, _ in loads})

@@ -333,6 +333,35 @@ def _is_pool(f: Operation) -> bool:
     return bool(updates) and all(isinstance(o, L.AccMax) for o in updates)
 
 
+def _step_cycles(P: int, C: int, K: int, f16: bool) -> float:
+    """Estimated cycles per MAC of one input-channel step of a P-position x C-channel tile over a
+    K-tap window (DESIGN §6): VMUL + VADD per MAC, one VLDR per input (neighbouring positions share
+    the window's inputs), a weight costs a VLDM word (f32) or a widening plus half a word (f16)."""
+    macs = P * C * K
+    return (2 * macs + 2 * (P + K - 1) + C * K * (1.625 if f16 else 1.25)) / macs
+
+
+def _tile_shape(f: Operation, sizes: list[int]) -> list[int]:
+    """(positions, channels) for the tile of accumulator loop `f`: the default 4 x 4, or 8 x 2
+    when the estimate says it is at least 2% faster (f16 weights over a wide window: each widened
+    weight then serves 8 positions)."""
+    L = _loop()
+    loads = [o for o in f.walk() if isinstance(o, L.Load)]
+    weights = [o for o in loads if isinstance(o.buffer.op, L.WeightsBuf)]
+    inputs = [o for o in loads if not isinstance(o.buffer.op, L.WeightsBuf)]
+    if not weights or not inputs or f.trip_count % 2 or any(f.iv in o.ivs for o in inputs):
+        return sizes            # not a convolution's channel loop (e.g. depthwise: no shared inputs)
+    f16 = str(weights[0].buffer.type.elem) == "f16"
+    inner = {id(g.iv): g for g in _fors(f) if g is not f}
+    taps = [inner[id(v)].trip_count for o in inputs for v, st in zip(o.ivs, o.strides)
+            if id(v) in inner and st > 1]
+    strides = sorted({st for o in inputs for v, st in zip(o.ivs, o.strides) if id(v) in inner and st > 1})
+    K = next((inner[id(v)].trip_count for o in inputs for v, st in zip(o.ivs, o.strides)
+              if id(v) in inner and strides and st == strides[0]), 1) if taps else 1
+    four, wide = _step_cycles(4, 4, K, f16), _step_cycles(8, 2, K, f16)
+    return [8, 2] if wide < 0.98 * four else sizes
+
+
 @register_pass
 @dataclass(frozen=True)
 class Tile(ModulePass):
@@ -349,6 +378,8 @@ class Tile(ModulePass):
     `pool` accumulators (default 16: 1 x 16 for 16 channels; 0: sizes). A loop that starts n
     accumulators per iteration (a convolution with a folded max pooling) blocks sizes[-2] // n
     positions.
+    With `auto` (default) and the default sizes, a convolution's tile is 4 x 4 or 8 x 2, whichever
+    `_step_cycles` estimates faster for its window and weight type.
     Example: ml4f-opt --tile=4,4 model.loops.l4f   (16 accumulators, 4 inputs, 4 weights)
     """
 
@@ -357,6 +388,7 @@ class Tile(ModulePass):
     remainders: bool = True
     single: int = 8
     pool: int = 16
+    auto: bool = True
 
     def apply(self, ctx: Context, module: Module) -> None:
         L = _loop()
@@ -369,6 +401,8 @@ class Tile(ModulePass):
                 # Innermost size on the accumulator loop, the next on its parent, and so on.
                 loop_op = f
                 sizes = list(self.sizes)
+                if self.auto and sizes == [4, 4]:
+                    sizes = _tile_shape(f, sizes)
                 if self.single and not (isinstance(f.parent.parent.parent, L.For) and
                                         _jam_ok(f.parent.parent.parent)):
                     sizes = [self.single]   # nothing to block around it (dense): more outputs
