@@ -84,6 +84,7 @@ class LayerInfo:
     # where its output lives (arena offset, element count, element dtype) and its reference value
     buffer: tuple[int, int, np.dtype] | None = None
     value: Any = None
+    channel_major: bool = False      # the buffer holds one channel after the other (loop.alloc)
 
     @property
     def cycles_per_mac(self) -> float | None:
@@ -356,7 +357,8 @@ def _layer_infos(func: Operation, values: dict[str, list[Any]], macs: dict[int, 
         if alloc is not None:
             t = alloc.result.type
             buf = (alloc.offset, t.size, numpy_dtype(t.elem))
-        out.append(LayerInfo(k.symbol, op_name, shape, macs.get(id(origin), 0), wbytes, buffer=buf, value=value))
+        out.append(LayerInfo(k.symbol, op_name, shape, macs.get(id(origin), 0), wbytes, buffer=buf, value=value,
+                             channel_major=bool(alloc is not None and alloc.channel_major)))
     return out
 
 
@@ -653,6 +655,8 @@ def _locate_failure(result: Compiled, x: np.ndarray, env: dict[int, np.ndarray],
         off, n, dtype = layer.buffer
         got = np.frombuffer(snap, dtype=dtype, count=n, offset=off)
         want = env[id(layer.value)]
+        if layer.channel_major:
+            got = got.reshape(want.shape[-1], -1).T.reshape(want.shape)
         err, ratio, k = compare(got, want, result.options.float16)
         if ratio > 1.0:
             idx = [int(i) for i in np.unravel_index(k, want.shape)] if want.size else []

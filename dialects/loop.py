@@ -231,6 +231,8 @@ class Return(LoopOp):
 @DIALECT.op
 class Alloc(LoopOp):
     """A buffer in the arena at byte `offset` (-1 until plan-memory runs); `input = k` marks input k.
+    A tensor is stored channels-last (NHWC), or with `channel_major = true` one channel after the
+    other (CHW: a row of positions of one channel is consecutive words), as lower-to-loops chose.
 
     Example: %conv1 = loop.alloc {offset = 3136} : !loop.buf<5408xf32>
     """
@@ -238,6 +240,7 @@ class Alloc(LoopOp):
     name = "loop.alloc"
     offset = attr(Int, default=-1)
     input = attr(Int, default=-1)
+    channel_major = attr(Bool, default=False)
 
     def verify_(self) -> None:
         self.expect(self.result, BufType, "the result")

@@ -282,6 +282,24 @@ def test_channel_loop_runs_two_steps_per_iteration() -> None:
     assert sum(1 for p in loads if p > muls[31]) >= 4
 
 
+def test_channel_major_input_row_is_one_vldm() -> None:
+    """Between two 1-D convolutions the tensor is stored channel-major, so a step of the second
+    one's channel loop loads the 5 inputs of its 4-position tile (2 taps) with one VLDM, and its
+    main loop has no single VLDR at all."""
+    case = Case("cm", (1, 22, 4), lambda b, x, w: conv(L.Conv1D, (2,), 8)(
+        b, conv(L.Conv1D, (2,), 16, activation="relu")(b, x, w), w))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    res, func, _, _ = compile_module(case.module())
+    assert [a.channel_major for a in func.allocs if a.input < 0] == [True, False]
+    asm = _kernel_asm(res, "conv_1")
+    labels = re.findall(r"^(L\d+_\w+):$", asm, re.M)
+    bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
+    main = max((b for b in bodies if "\nL" not in b), key=lambda b: b.count("vmul.f32"))
+    assert len(re.findall(r"vldm r\d+!?, \{s\d+(?:, s\d+){4}\}", main)) == 2, main   # 2 steps
+    assert "vldr" not in main
+
+
 def test_tile_shape_estimate() -> None:
     """The tile shape estimate (cycles per MAC of one input-channel step) prefers 8 positions x 2
     channels only where each widened f16 weight then pays off: a wide window."""

@@ -149,6 +149,12 @@ CASES = [
         L.Sigmoid, b.add(L.Dense, x, name="fc", kernel=w(5, 12), bias=w(5)), name="sig"), name="sm")),
     # f16 weights over a 4-tap window: 8 positions x 2 channels per tile, 2 remainder positions
     Case("conv1d_k4_f16_wide_tile", (1, 21, 3), conv(L.Conv1D, (4,), 6, activation="relu"), f16=True),
+    # tensors between 1-D windows stored channel-major (lower-to-loops' channel_major)
+    Case("conv1d_pool_conv1d_channel_major", (1, 19, 3), lambda b, x, w: conv(L.Conv1D, (2,), 5)(
+        b, b.add(L.MaxPool1D, conv(L.Conv1D, (3,), 8, activation="relu")(b, x, w), name="p",
+                 pool_size=[2], strides=[2]), w)),
+    Case("conv2d_kx1_chain_f16", (1, 13, 2, 3), lambda b, x, w: conv(L.Conv2D, (2, 1), 4)(
+        b, conv(L.Conv2D, (4, 1), 6, activation="relu")(b, x, w), w), f16=True),
     # max poolings folded into the convolution before them (the conv's last position unread)
     Case("conv1d_relu_maxpool", (1, 21, 5), lambda b, x, w: b.add(
         L.MaxPool1D, conv(L.Conv1D, (3,), 8, activation="relu")(b, x, w), name="p", pool_size=[2],

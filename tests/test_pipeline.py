@@ -190,7 +190,7 @@ def _corrupt_bias(result, layer_name: str) -> bytes:
     raise AssertionError("no bias with a unique bit pattern")
 
 
-@pytest.mark.parametrize("layer_name", ["conv2d_Conv2D2", "dense_Dense1"])
+@pytest.mark.parametrize("layer_name", ["conv2d_Conv2D1", "conv2d_Conv2D2", "dense_Dense1"])
 def test_validation_names_the_first_wrong_layer(gestures, layer_name: str) -> None:
     bad = _corrupt_bias(gestures, layer_name)
     with pytest.raises(CompileError) as e:

@@ -67,7 +67,8 @@ class Aff:
 
 
 class TensorBuf:
-    """A tensor's buffer value and its row-major shape."""
+    """A tensor's buffer value and its logical shape (N, spatial..., C): row-major, or channel-major
+    (C outermost, then the spatial dimensions) when its loop.alloc says so."""
 
     def __init__(self, value: Value, shape: Sequence[int]):
         self.value = value
@@ -75,6 +76,11 @@ class TensorBuf:
 
     def strides(self) -> list[int]:
         s, out = 1, []
+        if getattr(self.value.op, "channel_major", False) and len(self.shape) >= 3:
+            for d in reversed(self.shape[1:-1]):
+                out.append(s)
+                s *= d
+            return [s * self.shape[-1], *out[::-1], s]
         for d in reversed(self.shape):
             out.append(s)
             s *= d
@@ -257,12 +263,33 @@ class ModelLowering:
 
         t = value.type
         attrs = {"input": input_index} if input_index >= 0 else {}
+        if input_index < 0 and self.channel_major(value, origin):
+            attrs["channel_major"] = True
         op = self.L.Alloc([], [BufType(t.size, t.elem)], attrs, origin=origin)
         op.results[0].name_hint = value.name_hint or "t"
         self.allocs.append(op)
         buf = TensorBuf(op.result, t.shape)
         self.bufs[id(value)] = buf
         return buf
+
+    def channel_major(self, value: Value, origin: Operation) -> bool:
+        """Store a tensor channel-major when a windowed op (convolution, pooling) writes it and only
+        convolutions with a one-axis window read it (1-D, or a k x 1 / 1 x k kernel): a step of their
+        input-channel loop then reads a tile's positions as consecutive words (one VLDM, not a VLDR
+        each). Not for 1x1 convolutions (their producer's VSTM of a channel run would become single
+        stores) nor 2-D windows (channels-last lets their channel and column loops merge). Model
+        outputs stay channels-last."""
+        layer = self.layer
+        users = [u for u, _ in value.uses]
+        if not users or id(value) in {id(v) for v in self.model.output.operands} or \
+                len(value.type.shape) < 3 or not isinstance(origin, _windowed_classes()):
+            return False
+        for u in users:
+            if isinstance(u, layer.Conv1D):
+                continue
+            if not isinstance(u, layer.Conv2D) or sorted(u.window())[0] != 1 or max(u.window()) == 1:
+                return False
+        return True
 
     def weights(self, res: Resource) -> TensorBuf:
         from ml4f.dialects.loop import BufType
@@ -751,6 +778,12 @@ def lower_cropping(low: LayerLowering) -> None:
     starts = [0, *[c[0] for c in low.op.crops], 0]
     with em.loops([(0, n, f"i{k}") for k, n in enumerate(out.shape)]) as ivs:
         em.store(em.load(x, x.at(*[i + s for i, s in zip(ivs, starts)]), "x"), out, out.at(*ivs))
+
+
+def _windowed_classes() -> tuple[type, ...]:
+    from ml4f.dialects import layer
+    return (layer.Conv1D, layer.Conv2D, layer.DepthwiseConv1D, layer.DepthwiseConv2D, layer.MaxPool1D,
+            layer.MaxPool2D, layer.AvgPool1D, layer.AvgPool2D)
 
 
 def lower_upsample(low: LayerLowering) -> None:

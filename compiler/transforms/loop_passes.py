@@ -352,12 +352,18 @@ def _tile_shape(f: Operation, sizes: list[int]) -> list[int]:
     if not weights or not inputs or f.trip_count % 2 or any(f.iv in o.ivs for o in inputs):
         return sizes            # not a convolution's channel loop (e.g. depthwise: no shared inputs)
     f16 = str(weights[0].buffer.type.elem) == "f16"
+    outer = f.parent.parent.parent
     inner = {id(g.iv): g for g in _fors(f) if g is not f}
-    taps = [inner[id(v)].trip_count for o in inputs for v, st in zip(o.ivs, o.strides)
-            if id(v) in inner and st > 1]
-    strides = sorted({st for o in inputs for v, st in zip(o.ivs, o.strides) if id(v) in inner and st > 1})
-    K = next((inner[id(v)].trip_count for o in inputs for v, st in zip(o.ivs, o.strides)
-              if id(v) in inner and strides and st == strides[0]), 1) if taps else 1
+    # the window's taps along the blocked positions: the inner loop whose input stride times 1..n
+    # is the positions' stride (n accumulators per position: a folded pooling's taps)
+    n = sum(isinstance(o, L.Acc) for o in f.body.block.ops)
+    K = 1
+    for o in inputs:
+        st = dict(zip(map(id, o.ivs), o.strides))
+        pos = st.get(id(outer.iv), 0) if isinstance(outer, L.For) else 0
+        for v, s in st.items():
+            if v in inner and 0 < s and pos and pos % s == 0 and pos // s <= n:
+                K = max(K, inner[v].trip_count)
     four, wide = _step_cycles(4, 4, K, f16), _step_cycles(8, 2, K, f16)
     return [8, 2] if wide < 0.98 * four else sizes
 
