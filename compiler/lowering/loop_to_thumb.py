@@ -76,7 +76,8 @@ CORE_POOL_CALLS = (4, 5, 6, 7, 8, 9, 10, 11)   # a kernel that calls a routine k
 ACC_POOL = tuple(range(16, 32))
 WINDOW = 1024                                   # VLDR/VSTR reach [rn, #0..1020]
 PEEL_OPS = 120                                  # bound on the ops of a reduction step copied by peeling
-SEQ_UNROLL = 2                                  # copies of a full tile's reduction step per iteration
+SEQ_UNROLL = 4                                  # most copies of a tile's reduction step per iteration
+STEP_OPS = 160                                  # bound on the ops of an iteration unrolled past 2 steps
 FLAT_MACS = 128                                 # bound on the MACs of a fully unrolled tile reduction
 UNROLL_MIN_MACS = 256                           # automatic unrolling only for nests doing this much
 
@@ -392,6 +393,7 @@ class _Lowering:
         self.flat_blocks: set[int] = set()      # tile blocks whose reduction loop was unrolled fully
         self.copy_of: dict[int, tuple[int, Operation]] = {}   # id(op) -> (its copy, op) in a loop
                                                               # unrolled copy by copy
+        self.step_loops: list[tuple[Operation, int]] = []   # loops `_unroll_steps` unrolls, at most by
         self.pending_stores: list[tuple[Value, Value, int]] = []   # (S register, base, offset)
         self.loaded_first: set[int] = set()     # acc_max ops whose value was loaded into the acc
         self.loaded_init: set[int] = set()      # loop.acc ops whose initial value was loaded into the acc
@@ -530,6 +532,7 @@ class _Lowering:
             self._unroll_reductions(k)
             self._unroll_max_windows(k)
             self._peel_first_steps(k)
+            self._unroll_steps(k)
 
     def _coalesce(self, k: Operation) -> None:
         """Fuse a loop whose body is only another loop into one loop, when every access walks
@@ -622,16 +625,8 @@ class _Lowering:
             uses: dict[int, int] = {}
             for o in fmas:
                 uses[id(o.a)] = uses.get(id(o.a), 0) + 1
-            if u == 1 and self.unroll == 0 and SEQ_UNROLL > 1 and f.trip_count % SEQ_UNROLL == 0 and \
-                    accs + xs + 2 + 8 <= 32 and min(uses.values()) > 1:
-                # a register-blocked tile (each input feeds several accumulators): the copies go
-                # one after the other, each with its own runs (so one copy's inputs are live at a
-                # time), and the loop control is paid once per SEQ_UNROLL steps
-                n = len(f.body.block.ops)
-                made = unroll(f, SEQ_UNROLL)
-                copies = made[0].body.block.ops if isinstance(made[0], L.For) else made
-                for i, op in enumerate(copies):
-                    self.copy_of[id(op)] = (i // n, op)
+            if u == 1 and self.unroll == 0 and accs + xs <= 28 and min(uses.values()) > 1:
+                self.step_loops.append((f, SEQ_UNROLL))   # unrolled after peeling (`_unroll_steps`)
                 continue
             if xs == 1 and self.unroll == 0 and 4 < accs <= 8:
                 # a dense block of 8 outputs: 8 inputs (one VLDM) and one run of 8 weights live
@@ -723,6 +718,28 @@ class _Lowering:
         unroll(inner_new, inner_new.trip_count)
         canonicalize_block(body)
 
+    def _unroll_steps(self, k: Operation) -> None:
+        """Unroll a register-blocked tile's reduction loop (each input feeds several accumulators)
+        by the largest of SEQ_UNROLL..2 that divides its trip count: the copies go one after the
+        other, each with its own load runs (`copy_of`: one copy's inputs live at a time), and the
+        loop control is paid once per copies."""
+        from ml4f.compiler.transforms.loop_passes import unroll
+        L = self.L
+        for f, most in self.step_loops:
+            if f.parent is None or not f.trip_count:
+                continue
+            ops = len(f.body.block.ops)
+            u = next((u for u in range(most, 1, -1)
+                      if f.trip_count % u == 0 and (u == 2 or u * ops <= STEP_OPS)), 1)
+            if u < 2:
+                continue
+            n = len(f.body.block.ops)
+            made = unroll(f, u)
+            copies = made[0].body.block.ops if isinstance(made[0], L.For) else made
+            for i, op in enumerate(copies):
+                self.copy_of[id(op)] = (i // n, op)
+        self.step_loops = []
+
     def _peel_first_steps(self, k: Operation) -> None:
         """Run the first iteration of a tile's reduction loop before the loop, so that each of
         its accumulators starts as init + first product (`_first_write`: one VADD) instead of a
@@ -744,8 +761,9 @@ class _Lowering:
             tmp = Block()
             for op in ops:
                 new = cl.clone(op, tmp)
-                if id(op) in self.copy_of:
-                    self.copy_of[id(new)] = (self.copy_of[id(op)][0], new)
+                # one step of its own (-1): its inputs may form runs, apart from the copies of
+                # the steps after it (the limit of flattened tiles does not apply)
+                self.copy_of[id(new)] = (-1, new)
             for op in list(tmp.ops):
                 tmp.ops.remove(op)
                 block.insert_before(f, op)
@@ -1037,14 +1055,17 @@ class _Lowering:
                 per_copy[k] = per_copy.get(k, 0) + 1
         inputs = max(per_copy.values(), default=0)   # the inputs of one copy are live at a time
         longest = 8 if busy <= 8 or busy + 8 + inputs + 2 <= len(ACC_POOL) * 2 else 4
-        self.run_pairs = busy <= 4 or busy > 8
+        # two runs of 4 live when they fit beside the accumulators, one copy's inputs and products
+        self.run_pairs = busy <= 4 or (busy > 8 and busy + 8 + inputs + 2 <= len(ACC_POOL) * 2)
         for loads in by_class.values():
             c = self.class_of[id(loads[0][2])]
             limit = longest
             if loads[0][1] >= 0 and busy + 2 * longest + inputs + 2 > len(ACC_POOL) * 2:
                 limit = max(1, longest // 2)   # f16: a word widens into two registers
-            if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf):
+            if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf) \
+                    and id(loads[0][2]) not in self.copy_of:
                 limit = 1   # inputs of every step of a flattened tile: one register each, briefly
+                            # (a copied step's inputs form runs of their own: `copy_of`)
             words = sorted({w for w, _, _ in loads})
             groups: list[list[int]] = []
             for w in words:
