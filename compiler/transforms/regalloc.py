@@ -289,6 +289,7 @@ class _Allocator:
         vals.sort(key=lambda v: first[id(v)])
         lists = self.register_lists()
         victims: list[Value] = []
+        split = False
         for v in vals:
             if id(v) in assign:
                 continue
@@ -308,8 +309,13 @@ class _Allocator:
                     gm |= mask.get(id(w), 0)
                 cands = [w for w in cands if self.is_sreg(w) == self.is_sreg(v) and mask[id(w)] & gm]
                 if not cands or self.list_failures > 8:
+                    # one vldr per register instead; the other lists that do not fit are split in
+                    # this same round (each split needs no other change), then allocation restarts
                     self.split_list(group)
-                    return []
+                    split = True
+                    for w in group:
+                        assign[id(w)] = ("x", -1)
+                    continue
                 self.list_failures += 1
                 return [max(cands, key=lambda w: mask[id(w)].bit_count())]
             for n in order:
@@ -340,7 +346,7 @@ class _Allocator:
                     elif id(v) not in self.spill_temps:
                         victims.append(v)
                     # else: a reload waits for the next round, after the victim's spill
-        if victims:
+        if victims or split:
             return victims
         # every virtual value has a range (a dead result still occupies its definition point)
         for op in self.ops:
