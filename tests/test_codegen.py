@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_loop_lowering import CASES, Case, conv
+
 from ml4f.compiler.backend.assembler import assemble, assemble_full
 from ml4f.compiler.backend.binary import TYPE_F32, IOSpec, build_binary
 from ml4f.compiler.backend.runner import run_image
@@ -27,7 +29,6 @@ from ml4f.compiler.ir import Module
 from ml4f.compiler.lowering.mathlib import routines_text
 from ml4f.compiler.passes import PassManager, parse_pipeline
 from ml4f.dialects import layer as L
-from test_loop_lowering import CASES, Case, conv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -249,7 +250,7 @@ def test_weights_packed_in_reading_order(f16: bool) -> None:
     assert ok, f"max |err| {err}"
     res, func, _, _ = compile_module(case.module())
     asm = _kernel_asm(res, "conv")
-    labels = re.findall(r"^(L\d+_\w+):$", asm, re.M)
+    labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
     bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
     inner = [body for body in bodies if "\nL" not in body]
     assert len(inner) >= 2                       # the 4-position blocks and the remainder
@@ -271,7 +272,7 @@ def test_channel_loop_runs_several_steps_per_iteration() -> None:
     ok, err, _ = run_case(case)
     assert ok, f"max |err| {err}"
     asm = _kernel_asm(compile_module(case.module())[0], "conv")
-    labels = re.findall(r"^(L\d+_\w+):$", asm, re.M)
+    labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
     bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
     main = max((b for b in bodies if "\nL" not in b), key=lambda b: b.count("vmul.f32"))
     assert main.count("vmul.f32") == 96 and main.count("subs") == 1
@@ -294,7 +295,7 @@ def test_channel_major_input_row_is_one_vldm() -> None:
     res, func, _, _ = compile_module(case.module())
     assert [a.channel_major for a in func.allocs if a.input < 0] == [True, False]
     asm = _kernel_asm(res, "conv_1")
-    labels = re.findall(r"^(L\d+_\w+):$", asm, re.M)
+    labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
     bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
     main = max((b for b in bodies if "\nL" not in b), key=lambda b: b.count("vmul.f32"))
     steps = main.count("vmul.f32") // 32

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import pytest
+
 from ml4f.compiler.backend.assembler import assemble
 from ml4f.compiler.backend.emulator import Emulator
 from ml4f.compiler.context import Context

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+
 from ml4f.compiler.context import Context
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.ir import Block, Module, Operation, Region, SymbolRef, Value
