@@ -25,8 +25,10 @@ How loops are selected:
 - Loads of a block wait for their first use and go out in runs of consecutive words, one VLDM
   each (f16 weights as words, widened with VCVTB/VCVTT.F32.F16 when the pointer stays
   word-aligned, else LDRH + VCVTB). Innermost reduction loops are unrolled (by the largest factor
-  whose values fit in registers) so their loads form runs, and weight buffers are packed
-  (`pack_weights`) so the weights of a tile of four output channels are consecutive words.
+  whose values fit in registers) so their loads form runs; the reduction loop of a register-
+  blocked tile is unrolled step by step instead (`_unroll_steps`: each step's loads form runs of
+  their own). Weight buffers are packed (`pack_weights`, after these reshapings) so that a tile's
+  weights are consecutive words in the order the loops read them.
 - Before selection each kernel's loops are reshaped for the register file: a small window loop
   of a reduction nest becomes the innermost and is unrolled when neighbouring positions of a
   tile then share input loads (`_slide_windows`: 7 loads instead of 16 for 4 positions x 4
@@ -596,7 +598,8 @@ class _Lowering:
     def _unroll_reductions(self, k: Operation) -> None:
         """Unroll innermost reduction loops so that their loads form VLDM runs and the loop
         overhead spreads over more MACs, by the largest factor whose values fit in S registers
-        (besides the accumulators: the inputs of all copies and two runs of weights at a time)."""
+        (besides the accumulators: the inputs of all copies and two runs of weights at a time).
+        A register-blocked tile's loop for which no factor fits is left to `_unroll_steps`."""
         from ml4f.compiler.transforms.loop_passes import unroll
         L = self.L
         inner = [f for f in k.walk() if isinstance(f, L.For)
@@ -729,12 +732,11 @@ class _Lowering:
         for f, most in self.step_loops:
             if f.parent is None or not f.trip_count:
                 continue
-            ops = len(f.body.block.ops)
+            n = len(f.body.block.ops)
             u = next((u for u in range(most, 1, -1)
-                      if f.trip_count % u == 0 and (u == 2 or u * ops <= STEP_OPS)), 1)
+                      if f.trip_count % u == 0 and (u == 2 or u * n <= STEP_OPS)), 1)
             if u < 2:
                 continue
-            n = len(f.body.block.ops)
             made = unroll(f, u)
             copies = made[0].body.block.ops if isinstance(made[0], L.For) else made
             for i, op in enumerate(copies):
@@ -1046,9 +1048,9 @@ class _Lowering:
         # accumulators live around this block, and those it starts (a peeled first step)
         busy = len(ACC_POOL) - len(self.s_free) + sum(isinstance(o, L.Acc) for o in block.ops)
         # a run's registers stay live while its values are used: shorter runs when the
-        # accumulators take most registers
-        # up to 4 accumulators: runs of 8, two live at a time; up to 8 (a dense block of 8
-        # outputs): runs of 8, one at a time; more: runs of 4, two at a time
+        # accumulators take most registers. Up to 4 accumulators: runs of 8, two live at a time;
+        # up to 8 (a dense block of 8 outputs): runs of 8, one at a time; more: runs of 8 when one
+        # fits beside them and one step's inputs, else runs of 4, two at a time when they fit
         per_copy: dict[int, int] = {}
         for op in block.ops:
             if isinstance(op, L.Load) and id(op) in self.class_of and not isinstance(op.buffer.op, L.WeightsBuf):
