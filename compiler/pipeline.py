@@ -66,6 +66,7 @@ class Options:
     validation_samples: int | None = None      # None: 3, or 1 for models over SMALL_MODEL_MACS
     elide_weights: bool = False                 # the .l4f texts without weight data (for reading)
     seed: int = VALIDATION_SEED
+    optimize: str = "speed"                     # "size": no peeling, window sliding or unrolling
 
 
 @dataclass
@@ -147,7 +148,7 @@ class Compiled:
         """The `.json` output (DESIGN §4)."""
         out: dict[str, Any] = {
             "model": self.model_name, "source": self.source, "target": self.options.target,
-            "weights_type": self.weights_type,
+            "weights_type": self.weights_type, "optimize": self.options.optimize,
             "input_shape": self.input_shape, "output_shape": self.output_shape,
             "input_type": "f32", "output_type": "f32",
             "arena_bytes": self.arena_bytes, "code_bytes": self.code_bytes,
@@ -236,7 +237,7 @@ def compile_model(source: str | Module, options: Options = Options(), progress: 
         return result
 
     with timed("code generation"):
-        cg = _generate(func, module)
+        cg = _generate(func, module, options.optimize)
     if options.emit == "thumb":
         result.thumb_text = _thumb_text(cg, elide)
         result.compile_seconds = time.perf_counter() - start
@@ -385,11 +386,18 @@ def _make_references(result: Compiled) -> None:
 # ----------------------------------------------------------------------------- code and binary
 
 
-def _generate(func: Operation, module: Module) -> Any:
-    """Thumb code for the planned function: selection, allocation, scheduling (compiler/codegen.py)."""
+OPTIMIZE_CHOICES = ("speed", "size")
+
+
+def _generate(func: Operation, module: Module, optimize: str = "speed") -> Any:
+    """Thumb code for the planned function: selection, allocation, scheduling (compiler/codegen.py).
+    For size, the loops stay loops (lower-to-thumb{unroll=1}: no peeled steps, slid windows or
+    unrolled reductions); the register tiles stay."""
     from ml4f.compiler.codegen import generate
 
-    return generate(func, module, schedule=True)
+    if optimize not in OPTIMIZE_CHOICES:
+        raise CompileError(f"--optimize takes {' or '.join(OPTIMIZE_CHOICES)}, not '{optimize}'")
+    return generate(func, module, schedule=True, **({"unroll": 1} if optimize == "size" else {}))
 
 
 def _thumb_text(cg: Any, elide: bool) -> str:

@@ -65,6 +65,24 @@ def test_binary_runs_like_the_model(built: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "b.json").read_text())["cycles"] > 0
 
 
+def test_optimize_for_size(tmp_path: Path, capsys) -> None:
+    """--optimize size keeps loops as loops: less code than the default, more cycles, still
+    validated; the choice is recorded in the .json; any other word is refused in one line."""
+    docs = {}
+    for mode in ("speed", "size"):
+        assert main([str(EXAMPLE), "-o", str(tmp_path), "-b", mode, "--optimize", mode]) == 0
+        docs[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert docs[mode]["optimize"] == mode and docs[mode]["validation"]["passed"]
+    assert docs["size"]["code_bytes"] < 0.6 * docs["speed"]["code_bytes"]
+    assert docs["speed"]["cycles"] < docs["size"]["cycles"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(EXAMPLE), "-o", str(tmp_path), "--optimize", "fast"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert "--optimize" in err and "'fast'" in err and len(err.strip().splitlines()) == 1
+
+
 def test_summary_and_stats(tmp_path: Path, capsys) -> None:
     assert main([str(EXAMPLE), "-o", str(tmp_path), "--no-validate"]) == 0
     out = capsys.readouterr().out
@@ -148,8 +166,8 @@ def test_errors_are_one_line_and_write_nothing(tmp_path: Path, capsys) -> None:
 def test_validation_failure_exits_1_naming_the_layer(tmp_path: Path, capsys, monkeypatch) -> None:
     real = pipeline._generate
 
-    def broken(func, module):
-        cg = real(func, module)
+    def broken(func, module, *options):
+        cg = real(func, module, *options)
         w = np.frombuffer(cg.weights, "<f4").copy()
         w[-1] += 100.0                              # the last weight: the dense layer's bias
         return dataclasses.replace(cg, weights=w.tobytes())

@@ -2,6 +2,7 @@
 emulator, and write bench/results.json and bench/results.md beside Microsoft ML4F's figures.
 
     python -m ml4f.tools.bench                       # every model, both precisions
+    python -m ml4f.tools.bench --optimize size --out bench/size   # the smaller-code build
     python -m ml4f.tools.bench --only gestures mlp   # models whose file name contains a word
     python -m ml4f.tools.bench --models ../shared/models --out bench
 
@@ -45,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only models whose path contains one of these words")
     p.add_argument("--precision", default="f32,f16", help="f32, f16 or both (default: f32,f16)")
     p.add_argument("--no-validate", action="store_true", help="skip validation (compile times then exclude it)")
+    p.add_argument("--optimize", default="speed", choices=("speed", "size"),
+                   help="what ml4f --optimize builds (default: speed)")
     return p
 
 
@@ -80,14 +83,14 @@ def ml4f_figures(index_path: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def bench_one(path: str, precision: str, validate: bool) -> dict[str, Any]:
+def bench_one(path: str, precision: str, validate: bool, optimize: str = "speed") -> dict[str, Any]:
     """Compile and measure one model in one precision; failures are recorded, not raised."""
     from ml4f.compiler.diagnostics import CompileError
     from ml4f.compiler.pipeline import Options, compile_model
 
     t0 = time.perf_counter()
     try:
-        r = compile_model(path, Options(float16=precision == "f16", validate=validate))
+        r = compile_model(path, Options(float16=precision == "f16", validate=validate, optimize=optimize))
     except CompileError as e:
         return {"error": e.one_line(), "compile_seconds": round(time.perf_counter() - t0, 2)}
     return {"macs": r.macs, "cycles": r.cycles, "cycles_per_mac": round(r.cycles / r.macs, 3) if r.macs else None,
@@ -102,9 +105,9 @@ def _ratio(a: int | None, b: int | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
-def markdown(results: list[dict[str, Any]], breakdown: dict[str, Any] | None) -> str:
+def markdown(results: list[dict[str, Any]], breakdown: dict[str, Any] | None, optimize: str = "speed") -> str:
     """The results as markdown tables."""
-    lines = ["# ml4f benchmark", "",
+    lines = ["# ml4f benchmark" + (" (--optimize size)" if optimize == "size" else ""), "",
              ("Cycles on the Cortex-M4 cycle model of DESIGN §6, measured by running each binary in the "
               "emulator on a seeded random input; compile seconds include validation. ML4F figures are "
               "Microsoft ML4F 1.10.1's, from the models' INDEX.md; ratio = ours / ML4F."), "",
@@ -157,7 +160,7 @@ def _main(argv: list[str]) -> int:
         if not os.path.exists(path):
             continue
         for prec in precisions:
-            r = {"model": rel, "precision": prec, **bench_one(path, prec, not args.no_validate)}
+            r = {"model": rel, "precision": prec, **bench_one(path, prec, not args.no_validate, args.optimize)}
             fig = figures.get(rel)
             if fig:
                 r["ml4f"] = {"cycles": fig.get(f"cycles_{prec}"), "arena_bytes": fig.get("arena_bytes"),
@@ -180,7 +183,7 @@ def _main(argv: list[str]) -> int:
         json.dump({"models": results, "breakdown": breakdown}, f, indent=1)
         f.write("\n")
     with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(results, breakdown))
+        f.write(markdown(results, breakdown, args.optimize))
     return 0
 
 

@@ -21,6 +21,7 @@ from ml4f.tools._cli import ArgumentParser, run_main
 
 EMIT_CHOICES = ("l4f", "loops", "thumb")
 TARGET_CHOICES = ("cortex-m4f", "cortex-m7", "cortex-m33")
+OPTIMIZE_CHOICES = ("speed", "size")   # compiler/pipeline.py checks the same names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embed a test input and output in the binary")
     p.add_argument("--target", default="cortex-m4f", choices=TARGET_CHOICES,
                    help="the core (cortex-m7 and cortex-m33 run the same code as cortex-m4f)")
+    p.add_argument("--optimize", default="speed", choices=OPTIMIZE_CHOICES,
+                   help="speed (default) or size: smaller code (no unrolled or peeled loop steps), "
+                        "more cycles")
     p.add_argument("--stats", action="store_true", help="print a per-layer table")
     p.add_argument("--elide-weights", action="store_true", help="write .l4f files without the weight data")
     p.add_argument("-v", "--verbose", action="store_true", help="say what is done")
@@ -67,7 +71,7 @@ def _main(argv: list[str]) -> int:
         raise CompileError("--calibration goes with --int8", Loc("ml4f"))
     options = pipeline.Options(float16=args.float16, validate=not args.no_validate,
                                test_data=args.test_data, target=args.target, int8=args.int8,
-                               emit=args.emit, elide_weights=args.elide_weights)
+                               emit=args.emit, elide_weights=args.elide_weights, optimize=args.optimize)
     console = _console()
     with _Progress(console, args.verbose) as progress:
         result = pipeline.compile_model(args.model, options, progress=progress.stage)
