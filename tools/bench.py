@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from ml4f.tools._cli import ArgumentParser, run_main
+from ml4f.tools.ml4f import OPTIMIZE_CHOICES
 
 # One file per model: the float version that imports (the same network in another format is left
 # out). Relative to the models folder.
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only models whose path contains one of these words")
     p.add_argument("--precision", default="f32,f16", help="f32, f16 or both (default: f32,f16)")
     p.add_argument("--no-validate", action="store_true", help="skip validation (compile times then exclude it)")
-    p.add_argument("--optimize", default="speed", choices=("speed", "size"),
+    p.add_argument("--optimize", default="speed", choices=OPTIMIZE_CHOICES,
                    help="what ml4f --optimize builds (default: speed)")
     return p
 

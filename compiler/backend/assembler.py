@@ -521,19 +521,15 @@ class _Assembler:
             if len(ends) > 2 or not ends[0]:
                 raise _AsmError(f"bad register range '{item}'", c)
             a, b = ends[0], ends[-1]
-            ra, rb = parse_core(a), parse_core(b)
-            if ra is not None and rb is not None:
-                if rb < ra:
-                    raise _AsmError(f"register range '{item}' is backwards", c)
-                core.extend(range(ra, rb + 1))
-                continue
-            sa, sb = parse_sreg(a), parse_sreg(b)
-            if sa is not None and sb is not None:
-                if sb < sa:
-                    raise _AsmError(f"register range '{item}' is backwards", c)
-                sregs.extend(range(sa, sb + 1))
-                continue
-            raise _AsmError(f"'{item}' is not a register", c)
+            for parse, regs in ((parse_core, core), (parse_sreg, sregs)):
+                ra, rb = parse(a), parse(b)
+                if ra is not None and rb is not None:
+                    if rb < ra:
+                        raise _AsmError(f"register range '{item}' is backwards", c)
+                    regs.extend(range(ra, rb + 1))
+                    break
+            else:
+                raise _AsmError(f"'{item}' is not a register", c)
         if core and sregs:
             raise _AsmError("a register list mixes core and S registers", col)
         if sregs:
