@@ -95,3 +95,63 @@ def test_regalloc_pass_rewrites_types_and_refuses_a_second_run() -> None:
     assert all(v.type.num is not None for op in func.body.block.ops for v in op.results)
     with pytest.raises(CompileError, match="already has a prologue"):
         PassManager(parse_pipeline("thumb-regalloc")).run(Context(), module)
+
+
+def _sum_lines(name: str, n: int, at: int, out: int) -> list[str]:
+    """Load n floats from a[at..], then sum them in order into a[out]."""
+    lines = [f"  %{name}0_ = thumb.vldr %a {{offset = {4 * at}}} : !thumb.sreg"]
+    lines += [f"  %{name}{i}_ = thumb.vldr %a {{offset = {4 * (at + i)}}} : !thumb.sreg" for i in range(1, n)]
+    acc = f"%{name}0_"
+    for i in range(1, n):
+        lines.append(f"  %{name}s{i} = thumb.vadd.f32 {acc}, %{name}{i}_ : !thumb.sreg")
+        acc = f"%{name}s{i}"
+    return lines + [f"  thumb.vstr {acc}, %a {{offset = {4 * out}}}"]
+
+
+def _ordered_sum(x: np.ndarray) -> np.float32:
+    acc = x[0]
+    for v in x[1:]:
+        acc = np.float32(acc + v)
+    return acc
+
+
+def test_spill_slots_are_shared_between_phases() -> None:
+    """Three phases, each with 40 values live at once, one after the other: their spills reuse
+    the same stack words, so the frame holds one phase's spills, not all of them."""
+    n = 40
+    lines = ["thumb.func @f {", "  %arg = thumb.get_register : !thumb.reg<r1>",
+             "  %lr = thumb.get_register : !thumb.reg<lr>", "  %a = thumb.mov %arg : !thumb.reg"]
+    for p, name in enumerate("xyz"):
+        lines += _sum_lines(name, n, p * n, 3 * n + p)
+    lines += ["  thumb.bx %lr", "}"]
+    x = np.random.default_rng(7).normal(size=3 * n).astype(np.float32)
+    out, res, _ = run("\n".join(lines) + "\n", np.concatenate([x, np.zeros(4, np.float32)]))
+    got = np.frombuffer(out, np.float32)[3 * n:3 * n + 3]
+    assert list(got) == [_ordered_sum(x[p * n:(p + 1) * n]) for p in range(3)]
+    assert res.spills >= 3 * (n - 32)
+    assert res.frame_bytes <= 4 * (res.spills // 3) + 4
+
+
+def test_spill_slots_live_across_a_loop_are_kept() -> None:
+    """40 values loaded before a loop are summed at the start of its body, in each of its 3
+    iterations; then the body spills 40 values of its own. The first values' slots stay live
+    around the whole loop (the next iteration reloads them), so no slot of the body may share
+    their words: a shared word would be overwritten before the next iteration reads it."""
+    n = 40
+    lines = ["thumb.func @f {", "  %arg = thumb.get_register : !thumb.reg<r1>",
+             "  %lr = thumb.get_register : !thumb.reg<lr>", "  %a = thumb.mov %arg : !thumb.reg"]
+    lines += [f"  %x{i}_ = thumb.vldr %a {{offset = {4 * i}}} : !thumb.sreg" for i in range(n)]
+    lines += ["  %k = thumb.movw {imm = 3} : !thumb.reg<r4>", "  thumb.label @loop"]
+    acc = "%x0_"
+    for i in range(1, n):
+        lines.append(f"  %xs{i} = thumb.vadd.f32 {acc}, %x{i}_ : !thumb.sreg")
+        acc = f"%xs{i}"
+    lines.append(f"  thumb.vstr {acc}, %a {{offset = {4 * (2 * n + 1)}}}")
+    lines += _sum_lines("y", n, n, 2 * n)
+    lines += ["  %k2 = thumb.sub %k {imm = 1, setflags = true} : !thumb.reg<r4>",
+              '  thumb.b {target = @loop, cond = "ne"}', "  thumb.bx %lr", "}"]
+    x = np.random.default_rng(8).normal(size=2 * n).astype(np.float32)
+    out, res, _ = run("\n".join(lines) + "\n", np.concatenate([x, np.zeros(2, np.float32)]))
+    got = np.frombuffer(out, np.float32)[2 * n:2 * n + 2]
+    assert list(got) == [_ordered_sum(x[n:]), _ordered_sum(x[:n])]
+    assert res.spills > n - 32

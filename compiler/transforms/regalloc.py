@@ -75,6 +75,7 @@ class _Allocator:
         self.func = func
         self.ops: list[Operation] = func.body.block.ops
         self.slots = 0
+        self.slot_ops: dict[int, list[Operation]] = {}   # spill slot (byte offset) -> its loads and stores
         self.spill_temps: set[int] = set()
         self.sp_value: Value | None = None
         self.result = AllocResult()
@@ -243,8 +244,51 @@ class _Allocator:
         else:
             raise self.func.error("register allocation did not converge")
         self.drop_self_moves()
+        self.share_slots()
         self.prologue()
         return self.result
+
+    def share_slots(self) -> None:
+        """Give spill slots whose values are never live at once the same stack word, so that the
+        frame holds the most values live at a time rather than every value ever spilled. A slot
+        is live from its first to its last access in program order, widened to every loop that it
+        is live across (a loop it enters or leaves, or reads before writing in)."""
+        T = self.T
+        if not self.slot_ops:
+            return
+        pos = {id(op): i for i, op in enumerate(self.ops)}
+        labels = {op.symbol: i for i, op in enumerate(self.ops) if isinstance(op, T.LabelOp)}
+        loops = [(labels[op.target.name], i) for i, op in enumerate(self.ops)
+                 if isinstance(op, T.ThumbOp) and op.mnemonic in BRANCHES and op.mnemonic != "bx"
+                 and labels.get(op.target.name, len(self.ops)) < i]
+        spans = {}
+        for slot, ops in self.slot_ops.items():
+            at = sorted((pos[id(op)], op.mnemonic in ("vstr", "str")) for op in ops if id(op) in pos)
+            if not at:
+                continue
+            lo, hi = at[0][0], at[-1][0]
+            changed = True
+            while changed:
+                changed = False
+                for a, b in loops:
+                    inside = a <= lo and hi <= b
+                    first_write = next((w for p, w in at if a <= p <= b), True)
+                    if b < lo or hi < a or (inside and first_write) or (lo <= a and b <= hi):
+                        continue
+                    lo, hi, changed = min(lo, a), max(hi, b), True
+            spans[slot] = (lo, hi)
+        ends: list[int] = []          # per shared slot: the last point it is live
+        new: dict[int, int] = {}
+        for slot, (lo, hi) in sorted(spans.items(), key=lambda t: t[1]):
+            k = next((k for k, e in enumerate(ends) if e < lo), len(ends))
+            if k == len(ends):
+                ends.append(hi)
+            ends[k] = hi
+            new[slot] = 4 * k
+        for slot, ops in self.slot_ops.items():
+            for op in ops:
+                op.attributes["offset"] = new.get(slot, slot)
+        self.slots = len(ends)
 
     def drop_self_moves(self) -> None:
         """Erase the copies that allocation made into no-ops (`vmov.f32 s4, s4`, `mov r4, r4`):
@@ -434,6 +478,7 @@ class _Allocator:
                 at = block.ops.index(d) + 1
                 store = self.T.OPS["vstr" if sreg else "str"]([w, sp], [], {"offset": slot}, origin=d)
                 block.insert(at, store)
+                self.slot_ops.setdefault(slot, []).append(store)
             for user, i in list(w.uses):
                 if user.name in ("thumb.vstr", "thumb.str") and user.operands[1] is sp and \
                         user.offset == slot and i == 0:
@@ -444,6 +489,7 @@ class _Allocator:
                 if at > 0 and isinstance(block.ops[at - 1], self.T.It):
                     at -= 1
                 block.insert(at, load)
+                self.slot_ops.setdefault(slot, []).append(load)
                 self.spill_temps.add(id(load.result))
                 user.set_operand(i, load.result)
         self.ops = block.ops
