@@ -347,16 +347,25 @@ def test_flat_tile_needs_no_accumulator_moves() -> None:
     assert not re.search(r"vmov\.f32 s(1[6-9]|2\d|3[01]), s\d+\n", asm), asm
 
 
-def test_dense_blocks_eight_outputs() -> None:
-    """A dense layer computes 8 outputs per step of its input loop (one VLDM of 8 inputs serves
-    64 MACs), and a layer with 3 outputs has its weights interleaved (one VLDM for all three)."""
+def test_dense_blocks_sixteen_outputs() -> None:
+    """A dense layer computes 16 outputs per step of its input loop: one VLDM of 8 inputs serves
+    128 MACs, and the weights, packed 16 channels at a time, stream in VLDMs of 8 that write their
+    pointer back; the other 8 of 24 outputs form a block packed alike. A layer with 3 outputs has
+    its weights interleaved (one VLDM for all three)."""
     from ml4f.dialects import loop
     case = Case("dense24", (1, 40), lambda b, x, w: b.add(L.Dense, x, name="fc", kernel=w(24, 40), bias=w(24)))
     ok, err, _ = run_case(case)
     assert ok, f"max |err| {err}"
-    _, func, _, _ = compile_module(case.module())
+    res, func, _, _ = compile_module(case.module())
     accs = [o for o in _kernel(func, "fc").walk() if isinstance(o, loop.Acc)]
-    assert len(accs) == 8
+    assert len(accs) == 16 + 8
+    bodies = re.findall(r"\nL\d+_k_fc:\n(.*?)\n    bne", _kernel_asm(res, "fc"), re.S)
+    assert len(bodies) == 2
+    eight = r"vldm r\d+!, {s\d+(?:, s\d+){7}}"
+    for body, runs in zip(bodies, (1 + 16, 1 + 8)):
+        assert "vldr" not in body and "add " not in body, body
+        assert body.count("vldm") == len(re.findall(eight, body)) == runs, body
+        assert "{s0, s1, s2, s3, s4, s5, s6, s7}" in body.split("\n")[0]
     case3 = Case("dense3", (1, 64), lambda b, x, w: b.add(L.Dense, x, name="fc", kernel=w(3, 64), bias=w(3)))
     ok, err, _ = run_case(case3)
     assert ok, f"max |err| {err}"
@@ -364,9 +373,22 @@ def test_dense_blocks_eight_outputs() -> None:
     assert "vldr" not in asm.split("bne")[0].split("\nL")[-1]     # the loop body loads only with VLDM
 
 
+def test_small_dense_layer_is_unrolled() -> None:
+    """A dense layer of 4 outputs over 16 inputs (64 MACs, the kernel's only reduction) still has
+    its input loop unrolled, so inputs and weights load in VLDMs, and its bias goes into the
+    accumulators with one VLDM."""
+    case = Case("dense4", (1, 16), lambda b, x, w: b.add(L.Dense, x, name="fc", kernel=w(4, 16), bias=w(4)))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    asm = _kernel_asm(compile_module(case.module())[0], "fc")
+    body = re.findall(r"\nL\d+_k_fc:\n(.*?)\n    bne", asm, re.S)[0]
+    assert "vldr" not in body and body.count("vmul") == 16, body
+    assert re.search(r"vldm r\d+, {s16, s17, s18, s19}\n", asm) and "vmov" not in asm, asm
+
+
 @pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])
 def test_dense_bias_loaded_into_accumulators(f16: bool) -> None:
-    """A dense block's bias goes straight into its 8 accumulators: one VLDM into s16-s23 (f32),
+    """A dense block's bias goes straight into its 16 accumulators: one VLDM into s16-s31 (f32),
     or VCVTB/VCVTT of the loaded halves into them (f16), never a VMOV per accumulator."""
     case = Case("dense24", (1, 40), lambda b, x, w: b.add(L.Dense, x, name="fc", kernel=w(24, 40), bias=w(24)),
                 f16=f16)
@@ -375,6 +397,7 @@ def test_dense_bias_loaded_into_accumulators(f16: bool) -> None:
     asm = _kernel_asm(compile_module(case.module())[0], "fc")
     assert not re.search(r"vmov\.f32 s(1[6-9]|2\d|3[01]), s\d+\n", asm), asm
     if f16:
-        assert all(re.search(rf"vcvt[bt]\.f32\.f16 s{n}, s\d+\n", asm) for n in range(16, 24)), asm
+        assert all(re.search(rf"vcvt[bt]\.f32\.f16 s{n}, s\d+\n", asm) for n in range(16, 32)), asm
     else:
-        assert re.search(r"vldm r\d+, {s16, s17, s18, s19, s20, s21, s22, s23}\n", asm), asm
+        regs = ", ".join(f"s{n}" for n in range(16, 32))
+        assert re.search(rf"vldm r\d+, {{{regs}}}\n", asm), asm

@@ -164,6 +164,7 @@ class PtrClass:
     terms: dict[int, int]            # id(iv) -> element stride
     loops: set[int]                  # id(loop.for) of every access, with their ancestors
     homes: set[int] = field(default_factory=set)   # loops of `terms` not nested in another
+    start: int = 0                   # bytes from the window's base to where the pointer starts
 
 
 @dataclass(eq=False)
@@ -183,16 +184,20 @@ class _Buf:
     elem: Any
 
 
-def pack_weights(func: Operation, block: int = 4) -> list[str]:
-    """Interleave the output channels of weight buffers in groups of `block`, when every access
-    allows it, so that the weights of a register-blocked tile sit in consecutive words.
+def pack_weights(func: Operation, block: int = 16) -> list[str]:
+    """Interleave the output channels of weight buffers in groups, when every access allows it,
+    so that the weights of a register-blocked tile sit in consecutive words, in the order the
+    loops read them.
 
-    A buffer of shape (C, ...) holds channel c's K elements at c*K + r. Packed, channels below
-    C' = block*(C // block) move to (c // block)*block*K + r*block + c % block (the rest stay). An
-    access whose channel c = j0 + sum(m*iv) keeps c % block fixed and whose r stays in [0, K)
-    becomes another affine access: channel strides stay, the others scale by `block`, and the
-    offset is K*(j0 - j) + block*(offset % K) + j. The function computes the same afterwards;
-    returns the names of the packed buffers.
+    A buffer of shape (C, ...) holds channel c's K elements at c*K + r. The group is as many
+    channels as the code reads in a row for one element (4 for a 4 x 4 convolution tile, 16 for
+    a dense block of 16 outputs; at most `block`); channels past the last whole group form a
+    group of the remainder block's width (e.g. 16 + 8 for 24 outputs) or stay as they are.
+    Inside a group of b channels starting at c0, element r of channel c moves to
+    c0*K + ((c - c0) // b)*b*K + rank(r)*b + (c - c0) % b, where rank is the order of first
+    reads. Each access is refitted to the new places and must stay affine (`_refit`), else the
+    next smaller grouping is tried. The function computes the same afterwards; returns the names
+    of the packed buffers.
     """
     L = _loop()
     from ml4f.compiler.ir import Resource
@@ -203,52 +208,52 @@ def pack_weights(func: Operation, block: int = 4) -> list[str]:
             loads.setdefault(id(op.buffer), []).append(op)
     for w in [op for op in func.body.block.ops if isinstance(op, L.WeightsBuf)]:
         shape = w.data.type.shape
-        if len(shape) < 2 or w.data.data is None:
+        accesses = loads.get(id(w.result), [])
+        if len(shape) < 2 or w.data.data is None or not accesses:
             continue
         C, K = shape[0], int(np.prod(shape[1:]))
-        # a group per tile of `block` channels, or of half as many (a tile of 2 channels)
-        for blk in dict.fromkeys((min(block, C), min(block // 2, C))):   # fewer channels: one group
-            if blk < 2 and C > 1:
-                plans = []
-                break
-            Cp = blk * (C // blk)
-            plans = []
-            for acc in loads.get(id(w.result), []):
-                plan = _pack_plan(acc, K, Cp, blk)
-                if plan is None:
-                    plans = []
+        order, tile = _first_touch_order(func, accesses, K)
+        orders = [np.arange(K)] if order is None else [order, np.arange(K)]
+        fit = None
+        for blk in dict.fromkeys(min(b, C) for b in (16, 8, 4, 2) if min(b, C) <= min(block, max(tile, 2))):
+            head = blk * (C // blk)
+            tails = [b for b in (8, 4, 2) if b < blk and b <= C - head][:1]
+            layouts = [[(0, head, blk), (head, head + t * ((C - head) // t), t)] for t in tails]
+            layouts.append([(0, head, blk)])
+            for segments, rank_order in itertools.product(layouts, orders):
+                refit = _refit(accesses, rank_order, K, segments)
+                if refit is not None:
+                    fit = segments, rank_order, refit
                     break
-                plans.append((acc, plan))
-            if plans and any(p[2] for _, p in plans):
+            if fit is not None:
                 break
-        if plans and any(p[2] for _, p in plans):
-            accesses = [acc for acc, _ in plans]
-            order = _first_touch_order(func, accesses, K)
-            refit = _refit(accesses, order, K, Cp, blk) if order is not None else None
-            if refit is not None:
-                plans = [(acc, (off, st, True)) for acc, (off, st) in zip(accesses, refit)]
-            else:
-                order = np.arange(K)
-            for acc, (offset, strides, _) in plans:
-                acc.attributes["offset"] = offset
-                acc.attributes["strides"] = tuple(strides)
-            d = w.data.array().reshape(-1)
-            rows = d.reshape(C, K)[:, order]          # element r of a channel moves to rank(r)
-            head = rows[:Cp].reshape(Cp // blk, blk, K).transpose(0, 2, 1).reshape(-1)
-            data = np.concatenate([head, rows[Cp:].reshape(-1)]).reshape(shape)
-            w.attributes["data"] = Resource(w.data.name + ".packed", w.data.type, data)
-            packed.append(w.data.name)
+        if fit is None:
+            continue
+        segments, rank_order, refit = fit
+        for acc, (offset, strides) in zip(accesses, refit):
+            acc.attributes["offset"] = offset
+            acc.attributes["strides"] = tuple(strides)
+        rows = w.data.array().reshape(C, K)[:, rank_order]    # element r of a channel moves to rank(r)
+        parts, end = [], 0
+        for c0, c1, b in segments:
+            parts.append(rows[c0:c1].reshape((c1 - c0) // b, b, K).transpose(0, 2, 1).reshape(-1))
+            end = c1
+        parts.append(rows[end:].reshape(-1))
+        w.attributes["data"] = Resource(w.data.name + ".packed", w.data.type, np.concatenate(parts).reshape(shape))
+        packed.append(w.data.name)
     return packed
 
 
-def _first_touch_order(func: Operation, accesses: list[Operation], K: int) -> np.ndarray | None:
+def _first_touch_order(func: Operation, accesses: list[Operation], K: int) -> tuple[np.ndarray | None, int]:
     """The elements r of a channel (index c*K + r) in the order the code first reads them, walking
     each kernel in program order with every loop that moves an access within a channel run in
-    full and every other loop at its first iteration; None when that is the natural order."""
+    full and every other loop at its first iteration (None when that is the natural order); and
+    how many consecutive channels the first reads take for one element (at least 1)."""
     L = _loop()
     inner = {id(v) for acc in accesses for v, s in zip(acc.ivs, acc.strides) if s % K}
     mine = {id(a) for a in accesses}
     seen: dict[int, None] = {}
+    touched: dict[int, None] = {}
 
     def walk(block: Block, env: dict[int, int]) -> None:
         for op in block.ops:
@@ -260,6 +265,7 @@ def _first_touch_order(func: Operation, accesses: list[Operation], K: int) -> np
             elif id(op) in mine:
                 idx = op.offset + sum(s * env.get(id(v), 0) for v, s in zip(op.ivs, op.strides))
                 seen.setdefault(idx % K)
+                touched.setdefault(idx)
             else:
                 for region in op.regions:
                     for b in region.blocks:
@@ -269,13 +275,16 @@ def _first_touch_order(func: Operation, accesses: list[Operation], K: int) -> np
         if isinstance(k, L.Kernel) and any(id(o) in mine for o in k.walk()):
             walk(k.body.block, {})
     order = list(seen) + [r for r in range(K) if r not in seen]
-    return None if order == list(range(K)) else np.asarray(order)
+    first = list(touched)
+    row = next((j for j, idx in enumerate(first) if idx != first[0] + j * K), len(first))
+    return (None if order == list(range(K)) else np.asarray(order)), max(row, 1)
 
 
-def _refit(accesses: list[Operation], order: np.ndarray, K: int, Cp: int, block: int
+def _refit(accesses: list[Operation], order: np.ndarray, K: int, segments: list[tuple[int, int, int]]
            ) -> list[tuple[int, list[int]]] | None:
-    """(offset, strides) of each access once a channel's element r sits at rank(r) inside the
-    channel-interleaved packing, or None when some access would no longer be affine."""
+    """(offset, strides) of each access once channels [c0, c1) are interleaved in groups of b
+    for each (c0, c1, b) of `segments` and a channel's element r sits at rank(r) (`order`), or
+    None when some access would no longer be affine."""
     L = _loop()
     rank = np.empty(K, dtype=np.int64)
     rank[order] = np.arange(K)
@@ -295,7 +304,9 @@ def _refit(accesses: list[Operation], order: np.ndarray, K: int, Cp: int, block:
         for g, st in zip(grids, acc.strides):
             old = old + st * g
         c, r = old // K, old % K
-        new = np.where(c < Cp, (c // block) * block * K + rank[r] * block + c % block, c * K + rank[r])
+        new = c * K + rank[r]
+        for c0, c1, b in segments:
+            new = np.where((c0 <= c) & (c < c1), c0 * K + ((c - c0) // b) * b * K + rank[r] * b + (c - c0) % b, new)
         base = new[(0,) * len(axes)] if axes else int(new)
         strides = []
         for i, ax in enumerate(axes):
@@ -314,40 +325,6 @@ def _refit(accesses: list[Operation], order: np.ndarray, K: int, Cp: int, block:
             return None
         out.append((offset, strides))
     return out
-
-
-def _pack_plan(acc: Operation, K: int, Cp: int, block: int) -> tuple[int, list[int], bool] | None:
-    """(new offset, new strides, packed?) for one access, or None when it does not fit."""
-    L = _loop()
-    lo_r = hi_r = acc.offset % K
-    j0 = acc.offset // K
-    oc_lo = oc_hi = j0
-    aligned = True
-    ranges = []
-    for v, s in zip(acc.ivs, acc.strides):
-        r = L.iv_range(v)
-        if r is None:
-            return None
-        loop = v.owner.parent.parent if not isinstance(v.owner, Operation) else None
-        step = loop.step if isinstance(loop, L.For) else 1
-        ranges.append((r, step))
-        if s % K == 0:
-            m = s // K
-            oc_lo += min(m * r[0], m * r[1])
-            oc_hi += max(m * r[0], m * r[1])
-            aligned &= (m * r[0]) % block == 0 and (m * step) % block == 0
-        else:
-            lo_r += min(s * r[0], s * r[1])
-            hi_r += max(s * r[0], s * r[1])
-    if lo_r < 0 or hi_r >= K:
-        return None
-    if oc_lo >= Cp:
-        return acc.offset, list(acc.strides), False
-    if oc_hi >= Cp or not aligned:
-        return None
-    j = j0 % block
-    strides = [s if s % K == 0 else s * block for s in acc.strides]
-    return K * (j0 - j) + block * (acc.offset % K) + j, strides, True
 
 
 class _Lowering:
@@ -393,6 +370,7 @@ class _Lowering:
         self.block_loop: Operation | None = None
         self.fresh: dict[int, Value] = {}       # id(acc) -> its init, for an acc not yet written
         self.run_pairs = True                   # whether two runs of weights may be live at once
+        self.drain_runs = False                 # whether products are all added before a run loads
         self.flat_blocks: set[int] = set()      # tile blocks whose reduction loop was unrolled fully
         self.copy_of: dict[int, tuple[int, Operation]] = {}   # id(op) -> (its copy, op) in a loop
                                                               # unrolled copy by copy
@@ -620,11 +598,15 @@ class _Lowering:
             runs = f.trip_count
             for a in self._enclosing(f):
                 runs *= next(o for o in k.walk() if id(o) == a).trip_count
+            factors = (self.unroll,) if self.unroll > 1 else (8, 4, 2)
             if self.unroll == 0 and runs * len(fmas) < UNROLL_MIN_MACS:
-                continue  # a small remainder nest: not worth the code
+                if len(inner) > 1:
+                    continue  # a small remainder nest: not worth the code
+                # the kernel's only reduction (a small dense layer): a short unroll still halves
+                # its loop overhead and loads its weights in runs
+                factors = tuple(u for u in factors if u * len(fmas) <= 16)
             accs = len({id(o.acc) for o in fmas})
             xs = len({id(o.a) for o in fmas} - {id(o.b) for o in fmas})
-            factors = (self.unroll,) if self.unroll > 1 else (8, 4, 2)
             u = next((u for u in factors if u * (xs + 2) <= 28 - accs), 1)
             uses: dict[int, int] = {}
             for o in fmas:
@@ -632,8 +614,8 @@ class _Lowering:
             if u == 1 and self.unroll == 0 and accs + xs <= 28 and min(uses.values()) > 1:
                 self.step_loops.append((f, SEQ_UNROLL))   # unrolled after peeling (`_unroll_steps`)
                 continue
-            if xs == 1 and self.unroll == 0 and 4 < accs <= 8:
-                # a dense block of 8 outputs: 8 inputs (one VLDM) and one run of 8 weights live
+            if xs == 1 and self.unroll == 0 and 4 < accs <= 16:
+                # a dense block of up to 16 outputs: 8 inputs (one VLDM) and one run of 8 weights live
                 u = 8
             if u > 1:
                 unroll(f, u)
@@ -903,11 +885,16 @@ class _Lowering:
         """Group accesses into pointer classes and find where values die (to free registers)."""
         L = self.L
         classes: list[PtrClass] = []
+        fixed: dict[tuple[int, int], PtrClass] = {}
         for op in k.walk():
             if not isinstance(op, L._Access):
                 continue
             key, _ = self._key(op)
             if not key.terms:
+                if self._feeds_init(op) and isinstance(op.buffer.op, L.WeightsBuf):
+                    # a fixed bias block: its loads form runs too, from the buffer's base register
+                    self.class_of[id(op)] = fixed.setdefault((key.buf, key.window),
+                                                             PtrClass(key.buf, key.window, {}, set()))
                 continue
             terms = dict(key.terms)
             around = set(self._enclosing(op))
@@ -929,6 +916,14 @@ class _Lowering:
                 classes.append(c)
             self.class_of[id(op)] = c
         self._limit_pressure(k, classes)
+        # a pointer starts at its first word, so that its first VLDM can write it back
+        firsts: dict[int, int] = {}
+        for op in k.walk():
+            c = self.class_of.get(id(op))
+            if c is not None and c.terms and c not in self.computed:
+                firsts[id(c)] = min(firsts.get(id(c), WINDOW), self._key(op)[1] // 4 * 4)
+        for c in classes:
+            c.start = firsts.get(id(c), 0)
         for c in classes:
             for iv in c.terms:
                 self.keys_of_loop.setdefault(id(self.loop_of_iv[iv]), []).append(c)
@@ -950,6 +945,21 @@ class _Lowering:
                     if a is not None and pos[id(a)] > pos[id(last)]:
                         last = a
                 self.release_after.setdefault(id(last), []).append(r)
+
+    def dense_block(self, block: Block) -> bool:
+        """Whether `block` is a dense layer's reduction body: each weight used once, each input
+        shared by several accumulators."""
+        fmas = [o for o in block.ops if isinstance(o, self.L.AccFma)]
+        uses: dict[int, int] = {}
+        for o in fmas:
+            uses[id(o.a)] = uses.get(id(o.a), 0) + 1
+        return bool(fmas) and len({id(o.b) for o in fmas}) == len(fmas) and min(uses.values()) > 1
+
+    @staticmethod
+    def _feeds_init(op: Operation) -> bool:
+        """Whether load `op`'s only use is the initial value of a loop.acc (a bias)."""
+        uses = op.result.uses if isinstance(op, _loop().Load) else []
+        return len(uses) == 1 and uses[0][0].name == "loop.acc" and uses[0][0].init is op.result
 
     def lower_block(self, block: Block) -> None:
         """Lower a block's ops in order; f32 loads wait for their first use and go out in runs
@@ -1037,7 +1047,7 @@ class _Lowering:
             if not isinstance(op, L.Load) or id(op) not in self.class_of or id(op.buffer) in stored:
                 continue
             c = self.class_of[id(op)]
-            rel = self._key(op)[1]
+            rel = self._key(op)[1] - c.start
             elem = self.bufs[id(op.buffer)].elem
             key = (id(c), self.copy_of.get(id(op), (0,))[0])
             if elem == f32:
@@ -1058,6 +1068,11 @@ class _Lowering:
                 per_copy[k] = per_copy.get(k, 0) + 1
         inputs = max(per_copy.values(), default=0)   # the inputs of one copy are live at a time
         longest = 8 if busy <= 8 or busy + 8 + inputs + 2 <= len(ACC_POOL) * 2 else 4
+        # a dense block of 16 outputs with 8 inputs: runs of 8 fill the last registers when the
+        # previous run's products are all added before the next run loads (`emit_run`)
+        self.drain_runs = busy + 8 + inputs == len(ACC_POOL) * 2 and self.dense_block(block)
+        if self.drain_runs:
+            longest = 8
         # two runs of 4 live when they fit beside the accumulators, one copy's inputs and products
         self.run_pairs = busy <= 4 or (busy > 8 and busy + 8 + inputs + 2 <= len(ACC_POOL) * 2)
         for loads in by_class.values():
@@ -1065,6 +1080,8 @@ class _Lowering:
             limit = longest
             if loads[0][1] >= 0 and busy + 2 * longest + inputs + 2 > len(ACC_POOL) * 2:
                 limit = max(1, longest // 2)   # f16: a word widens into two registers
+            if all(self._feeds_init(op) for _, _, op in loads):
+                limit = 16 if loads[0][1] < 0 else 8   # initial values go straight into accumulators
             if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf) \
                     and id(loads[0][2]) not in self.copy_of:
                 limit = 1   # inputs of every step of a flattened tile: one register each, briefly
@@ -1130,10 +1147,12 @@ class _Lowering:
             return
         c = run.cls
         n = len(run.words)
-        if c in self.computed:
-            p, _ = self.computed_address(run.loads[0][0])
+        if c in self.computed or not c.terms:
+            p, _ = (self.computed_address if c.terms else self.address)(run.loads[0][0])
             self._emit_words(run, p, run.words[0], False)
             return
+        if self.drain_runs:
+            self._drain_fma(0)
         off = run.words[0] + self.pending.get(c, 0)
         if not -1020 <= off <= 1020 - 4 * (n - 1):
             self.flush(c)
@@ -1306,7 +1325,8 @@ class _Lowering:
         mine = [c for c in self.keys_of_loop.get(id(f), []) if c not in self.computed]
         for c in own:
             buf = self.bufs[c.buf]
-            self.ptr[c] = self.add_const(buf.base, buf.offset + c.window * WINDOW, self.reg(self.take_core()))
+            self.ptr[c] = self.add_const(buf.base, buf.offset + c.window * WINDOW + c.start,
+                                         self.reg(self.take_core()))
         for c in mine:
             self.pending[c] = self.pending.get(c, 0) + c.terms[id(f.iv)] * f.lb * self.bufs[c.buf].esize
         self.flush_all()
@@ -1362,6 +1382,7 @@ class _Lowering:
         c = self.class_of[id(op)]
         if c in self.computed:
             return self.computed_address(op)
+        rel -= c.start
         lo, hi = (-1020, 1020) if self.bufs[key.buf].esize == 4 else (0, 4095)
         if not lo <= rel + self.pending.get(c, 0) <= hi:
             self.flush(c)

@@ -379,7 +379,9 @@ class Tile(ModulePass):
     next size; identical loads are merged. A remainder of r < size iterations becomes one
     smaller block of r (option remainders, default true; false leaves it a loop of its own).
     An accumulator loop with no enclosing loop to block (a dense layer: its inputs are shared by
-    the outputs only) is blocked by `single` outputs instead (default 8; 0: sizes[-1]). A max
+    the outputs only) is blocked by `single` outputs instead (default 16, 8 when there are fewer);
+    one whose inputs are not shared (a depthwise convolution's channels) by min(8, `single`);
+    0: sizes[-1]. A max
     pooling's channel loop is blocked by min(pool, channels) and its positions by the rest of
     `pool` accumulators (default 16: 1 x 16 for 16 channels; 0: sizes). A loop that starts n
     accumulators per iteration (a convolution with a folded max pooling) blocks sizes[-2] // n
@@ -392,7 +394,7 @@ class Tile(ModulePass):
     name: ClassVar[str] = "tile"
     sizes: tuple[int, ...] = (4, 4)
     remainders: bool = True
-    single: int = 8
+    single: int = 16
     pool: int = 16
     auto: bool = True
 
@@ -411,7 +413,12 @@ class Tile(ModulePass):
                     sizes = _tile_shape(f, sizes)
                 if self.single and not (isinstance(f.parent.parent.parent, L.For) and
                                         _jam_ok(f.parent.parent.parent)):
-                    sizes = [self.single]   # nothing to block around it (dense): more outputs
+                    # nothing to block around it: a dense layer's outputs (their inputs shared),
+                    # `single` at a time when there are as many; else 8 (e.g. depthwise channels)
+                    shared = not any(f.iv in o.ivs for o in f.walk() if isinstance(o, L.Load)
+                                     and not isinstance(o.buffer.op, L.WeightsBuf))
+                    dense = shared and f.trip_count >= self.single
+                    sizes = [self.single if dense else min(self.single, 8)]
                 elif (n := sum(isinstance(o, L.Acc) for o in f.body.block.ops)) > 1 and len(sizes) >= 2:
                     # several accumulators per output (a folded max pooling's window taps): fewer
                     # positions, so a block keeps sizes[-1] x sizes[-2] accumulators
