@@ -155,6 +155,17 @@ CASES = [
                  pool_size=[2], strides=[2]), w)),
     Case("conv2d_kx1_chain_f16", (1, 13, 2, 3), lambda b, x, w: conv(L.Conv2D, (2, 1), 4)(
         b, conv(L.Conv2D, (4, 1), 6, activation="relu")(b, x, w), w), f16=True),
+    # depthwise convolutions over channel-major input: tiles of 8 positions of one channel, the
+    # kernel laid out by channel; 'same' borders, a depth multiplier, stride 2, f16 weights
+    Case("conv2d_depthwise_channel_major", (1, 13, 12, 2), lambda b, x, w: conv(
+        L.DepthwiseConv2D, (3, 3), activation="relu", padding="same")(
+        b, conv(L.Conv2D, (3, 3), 3, activation="relu")(b, x, w), w)),
+    Case("conv2d_depthwise_channel_major_m2_f16", (1, 12, 13, 3), lambda b, x, w: conv(
+        L.DepthwiseConv2D, (3, 3), depth_multiplier=2)(b, conv(L.Conv2D, (1, 1), 4)(b, x, w), w), f16=True),
+    Case("conv2d_depthwise_channel_major_stride2", (1, 14, 14, 2), lambda b, x, w: conv(
+        L.DepthwiseConv2D, (3, 3), strides=[2, 2], padding="same")(
+        b, b.add(L.MaxPool2D, conv(L.Conv2D, (3, 3), 5)(b, x, w), name="p", pool_size=[1, 1],
+                 strides=[1, 1]), w)),
     # max poolings folded into the convolution before them (the conv's last position unread)
     Case("conv1d_relu_maxpool", (1, 21, 5), lambda b, x, w: b.add(
         L.MaxPool1D, conv(L.Conv1D, (3,), 8, activation="relu")(b, x, w), name="p", pool_size=[2],

@@ -14,7 +14,9 @@ into it: one accumulator per window tap, the stored value their max. With
 (compiler/transforms/loop_fuse.py) performs the same fusion on the loop dialect, visibly. 'same' padding is
 handled by loop bounds: the output range of each axis is split into segments whose valid kernel
 window is the same, and each segment gets its own nest with constant bounds, so no padded copy
-of the input is made and no load ever falls outside the input.
+of the input is made and no load ever falls outside the input. A tensor that a windowed op
+writes and only 1-D (or k x 1) convolutions or depthwise convolutions read is stored channel-major
+(`Emitter.channel_major`); a depthwise convolution over it takes its kernel laid out by channel.
 """
 
 from __future__ import annotations
@@ -274,19 +276,22 @@ class ModelLowering:
 
     def channel_major(self, value: Value, origin: Operation) -> bool:
         """Store a tensor channel-major when a windowed op (convolution, pooling) writes it and only
-        convolutions with a one-axis window read it (1-D, or a k x 1 / 1 x k kernel): a step of their
-        input-channel loop then reads a tile's positions as consecutive words (one VLDM, not a VLDR
-        each). Not for 1x1 convolutions (their producer's VSTM of a channel run would become single
-        stores) nor 2-D windows (channels-last lets their channel and column loops merge). Model
-        outputs stay channels-last."""
+        convolutions with a one-axis window or depthwise convolutions read it (1-D, or a k x 1 /
+        1 x k kernel): a step of their input-channel loop, or a depthwise tile of one channel's
+        positions, then reads consecutive words (one VLDM, not a VLDR each). Not for 1x1
+        convolutions (their producer's VSTM of a channel run would become single stores) nor other
+        2-D windows (channels-last lets their channel and column loops merge). Model outputs stay
+        channels-last."""
         layer = self.layer
         users = [u for u, _ in value.uses]
         if not users or id(value) in {id(v) for v in self.model.output.operands} or \
                 len(value.type.shape) < 3 or not isinstance(origin, _windowed_classes()):
             return False
         for u in users:
-            if isinstance(u, layer.Conv1D):
+            if isinstance(u, (layer.Conv1D, layer.DepthwiseConv1D)):
                 continue
+            if isinstance(u, layer.DepthwiseConv2D) and min(u.result.type.shape[1:3]) >= 4:
+                continue   # (smaller outputs are mostly border positions, which read channel runs)
             if not isinstance(u, layer.Conv2D) or sorted(u.window())[0] != 1 or max(u.window()) == 1:
                 return False
         return True
@@ -633,16 +638,24 @@ class Pattern:
 
 def lower_conv(low: LayerLowering) -> None:
     op = low.op
-    k = low.weights(op.kernel)
-    bias = low.weights(op.bias)
     win = Window.of(op, op.window(), op.strides, op.dilation)
     x = low.ins[0]
+    # a depthwise tile over channel-major input takes one channel's positions: its window's
+    # weights as consecutive words, the kernel laid out by channel
+    by_channel = op.depthwise and getattr(x.value.op, "channel_major", False)
+    k = low.weights(_channels_first(op.kernel) if by_channel else op.kernel)
+    bias = low.weights(op.bias)
     c_in = x.shape[-1]
     x4 = TensorBuf(x.value, (1, *win.in_hw, c_in))
     em = low.em
     if op.depthwise:
         m = op.depth_multiplier
-        k3 = TensorBuf(k.value, (*win.k_hw, c_in * m))
+        if by_channel:
+            k3 = TensorBuf(k.value, (c_in * m, *win.k_hw))
+            w_at = lambda ch, ky, kx: k3.at(ch, ky, kx)
+        else:
+            k3 = TensorBuf(k.value, (*win.k_hw, c_in * m))
+            w_at = lambda ch, ky, kx: k3.at(ky, kx, ch)
         channels = [(c_in, "c"), (m, "m")]
         oc = lambda cs: cs[0] * m + cs[1]
         rch: list[tuple[int, str]] = []
@@ -650,7 +663,7 @@ def lower_conv(low: LayerLowering) -> None:
         def reduce(acc: Value, ivs: list[Aff], iy: Aff, ix: Aff) -> None:
             c, mm, ky, kx = ivs
             em.acc_update(em.L.AccFma, acc, em.load(x4, x4.at(0, iy, ix, c), "x"),
-                          em.load(k3, k3.at(ky, kx, c * m + mm), "w"))
+                          em.load(k3, w_at(c * m + mm, ky, kx), "w"))
     else:
         k4 = TensorBuf(k.value, (op.out_channels(), *win.k_hw, c_in))
         channels = [(op.out_channels(), "oc")]
@@ -666,6 +679,14 @@ def lower_conv(low: LayerLowering) -> None:
         return em.load(bias, oc(cs), "b") if bias is not None else em.const(0.0)
 
     windowed(low, win, channels, init, reduce, lambda v, cs, n: v, oc, rch)
+
+
+def _channels_first(res: Resource) -> Resource:
+    """A depthwise kernel (window..., C*m) as (C*m, window...): each channel's taps consecutive."""
+    shape = res.type.shape
+    axes = (len(shape) - 1, *range(len(shape) - 1))
+    return Resource(res.name + ".by_channel", TensorType(tuple(shape[a] for a in axes), res.type.elem),
+                    None if res.data is None else np.transpose(res.data, axes))
 
 
 def lower_pool(low: LayerLowering) -> None:

@@ -215,7 +215,7 @@ def pack_weights(func: Operation, block: int = 16) -> list[str]:
         order, tile = _first_touch_order(func, accesses, K)
         orders = [np.arange(K)] if order is None else [order, np.arange(K)]
         fit = None
-        for blk in dict.fromkeys(min(b, C) for b in (16, 8, 4, 2) if min(b, C) <= min(block, max(tile, 2))):
+        for blk in dict.fromkeys(min(b, C) for b in (16, 8, 4, 2) if 1 < min(b, C) <= min(block, tile)):
             head = blk * (C // blk)
             tails = [b for b in (8, 4, 2) if b < blk and b <= C - head][:1]
             layouts = [[(0, head, blk), (head, head + t * ((C - head) // t), t)] for t in tails]
@@ -246,36 +246,45 @@ def pack_weights(func: Operation, block: int = 16) -> list[str]:
 
 def _first_touch_order(func: Operation, accesses: list[Operation], K: int) -> tuple[np.ndarray | None, int]:
     """The elements r of a channel (index c*K + r) in the order the code first reads them, walking
-    each kernel in program order with every loop that moves an access within a channel run in
-    full and every other loop at its first iteration (None when that is the natural order); and
-    how many consecutive channels the first reads take for one element (at least 1)."""
+    each loop nest with every loop that moves an access within a channel run in full and every
+    other loop at its first iteration, the nest that reads the buffer most first (a convolution's
+    interior before its border nests), then the others in program order (None when that is the
+    natural order); and how many consecutive channels the first reads take for one element."""
     L = _loop()
     inner = {id(v) for acc in accesses for v, s in zip(acc.ivs, acc.strides) if s % K}
     mine = {id(a) for a in accesses}
-    seen: dict[int, None] = {}
-    touched: dict[int, None] = {}
 
-    def walk(block: Block, env: dict[int, int]) -> None:
-        for op in block.ops:
+    def walk(ops: list[Operation], env: dict[int, int], touched: dict[int, None]) -> None:
+        for op in ops:
             if isinstance(op, L.For):
                 its = range(op.lb, op.ub, op.step) if id(op.iv) in inner else range(op.lb, op.ub)[:1]
                 for i in its:
                     env[id(op.iv)] = i
-                    walk(op.body.block, env)
+                    walk(op.body.block.ops, env, touched)
             elif id(op) in mine:
-                idx = op.offset + sum(s * env.get(id(v), 0) for v, s in zip(op.ivs, op.strides))
-                seen.setdefault(idx % K)
-                touched.setdefault(idx)
+                touched.setdefault(op.offset + sum(s * env.get(id(v), 0) for v, s in zip(op.ivs, op.strides)))
             else:
                 for region in op.regions:
                     for b in region.blocks:
-                        walk(b, env)
+                        walk(b.ops, env, touched)
 
-    for k in func.body.block.ops:
-        if isinstance(k, L.Kernel) and any(id(o) in mine for o in k.walk()):
-            walk(k.body.block, {})
-    order = list(seen) + [r for r in range(K) if r not in seen]
-    first = list(touched)
+    def reads(op: Operation) -> int:
+        """How many times the nest `op` executes an access of the buffer."""
+        if isinstance(op, L.For):
+            return op.trip_count * sum(reads(o) for o in op.body.block.ops)
+        return int(id(op) in mine) + sum(reads(o) for r in op.regions for b in r.blocks for o in b.ops)
+
+    nests = [(op, reads(op)) for k in func.body.block.ops if isinstance(k, L.Kernel)
+             for op in k.body.block.ops if any(id(o) in mine for o in op.walk())]
+    nests.sort(key=lambda t: -t[1])          # stable: program order among equals
+    touched: dict[int, None] = {}
+    first: list[int] = []
+    for i, (op, _) in enumerate(nests):
+        walk([op], {}, touched)
+        if i == 0:
+            first = list(touched)
+    seen = list(dict.fromkeys(idx % K for idx in touched))
+    order = seen + [r for r in range(K) if r not in set(seen)]
     row = next((j for j, idx in enumerate(first) if idx != first[0] + j * K), len(first))
     return (None if order == list(range(K)) else np.asarray(order)), max(row, 1)
 
@@ -1084,8 +1093,9 @@ class _Lowering:
                 limit = 16 if loads[0][1] < 0 else 8   # initial values go straight into accumulators
             if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf) \
                     and id(loads[0][2]) not in self.copy_of:
-                limit = 1   # inputs of every step of a flattened tile: one register each, briefly
-                            # (a copied step's inputs form runs of their own: `copy_of`)
+                # inputs of every step of a flattened tile: one register each, briefly (a copied
+                # step's inputs form runs of their own: `copy_of`), unless the tile is small
+                limit = 1 if busy > 8 else 16
             words = sorted({w for w, _, _ in loads})
             groups: list[list[int]] = []
             for w in words:

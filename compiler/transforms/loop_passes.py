@@ -349,6 +349,9 @@ def _tile_shape(f: Operation, sizes: list[int]) -> list[int]:
     loads = [o for o in f.walk() if isinstance(o, L.Load)]
     weights = [o for o in loads if isinstance(o.buffer.op, L.WeightsBuf)]
     inputs = [o for o in loads if not isinstance(o.buffer.op, L.WeightsBuf)]
+    if weights and inputs and any(f.iv in o.ivs for o in inputs) and \
+            all(getattr(o.buffer.op, "channel_major", False) for o in inputs):
+        return [8, 1]           # depthwise over channel-major input: 8 positions of one channel
     if not weights or not inputs or f.trip_count % 2 or any(f.iv in o.ivs for o in inputs):
         return sizes            # not a convolution's channel loop (e.g. depthwise: no shared inputs)
     f16 = str(weights[0].buffer.type.elem) == "f16"
@@ -387,7 +390,8 @@ class Tile(ModulePass):
     accumulators per iteration (a convolution with a folded max pooling) blocks sizes[-2] // n
     positions.
     With `auto` (default) and the default sizes, a convolution's tile is 4 x 4 or 8 x 2, whichever
-    `_step_cycles` estimates faster for its window and weight type.
+    `_step_cycles` estimates faster for its window and weight type, and a depthwise convolution
+    over channel-major input takes 8 positions of one channel (a row of inputs is one VLDM).
     Example: ml4f-opt --tile=4,4 model.loops.l4f   (16 accumulators, 4 inputs, 4 weights)
     """
 
