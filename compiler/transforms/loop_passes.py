@@ -351,7 +351,12 @@ def _tile_shape(f: Operation, sizes: list[int]) -> list[int]:
     inputs = [o for o in loads if not isinstance(o.buffer.op, L.WeightsBuf)]
     if weights and inputs and any(f.iv in o.ivs for o in inputs) and \
             all(getattr(o.buffer.op, "channel_major", False) for o in inputs):
-        return [8, 1]           # depthwise over channel-major input: 8 positions of one channel
+        # depthwise over channel-major input: positions of one channel, 8 when the window moves by
+        # one word (a row's 10 inputs, the 8 accumulators and 9 weights fit in registers), else 4
+        outer = f.parent.parent.parent
+        st = dict(zip(map(id, inputs[0].ivs), inputs[0].strides))
+        step = st.get(id(outer.iv), 0) if isinstance(outer, L.For) else 0
+        return [8 if step <= 1 else 4, 1]
     if not weights or not inputs or f.trip_count % 2 or any(f.iv in o.ivs for o in inputs):
         return sizes            # not a convolution's channel loop (e.g. depthwise: no shared inputs)
     f16 = str(weights[0].buffer.type.elem) == "f16"
@@ -383,8 +388,8 @@ class Tile(ModulePass):
     smaller block of r (option remainders, default true; false leaves it a loop of its own).
     An accumulator loop with no enclosing loop to block (a dense layer: its inputs are shared by
     the outputs only) is blocked by `single` outputs instead (default 16, 8 when there are fewer);
-    one whose inputs are not shared (a depthwise convolution's channels) by min(8, `single`);
-    0: sizes[-1]. A max
+    one whose inputs are not shared (a depthwise convolution's channels) or that is not its
+    kernel's only nest (a convolution's corner) by min(8, `single`); 0: sizes[-1]. A max
     pooling's channel loop is blocked by min(pool, channels) and its positions by the rest of
     `pool` accumulators (default 16: 1 x 16 for 16 channels; 0: sizes). A loop that starts n
     accumulators per iteration (a convolution with a folded max pooling) blocks sizes[-2] // n
@@ -417,11 +422,13 @@ class Tile(ModulePass):
                     sizes = _tile_shape(f, sizes)
                 if self.single and not (isinstance(f.parent.parent.parent, L.For) and
                                         _jam_ok(f.parent.parent.parent)):
-                    # nothing to block around it: a dense layer's outputs (their inputs shared),
-                    # `single` at a time when there are as many; else 8 (e.g. depthwise channels)
+                    # nothing to block around it: a dense layer's outputs (their inputs shared,
+                    # the kernel's only nest), `single` at a time when there are as many; else 8
+                    # (e.g. a depthwise convolution's channels, a convolution's corner)
                     shared = not any(f.iv in o.ivs for o in f.walk() if isinstance(o, L.Load)
                                      and not isinstance(o.buffer.op, L.WeightsBuf))
-                    dense = shared and f.trip_count >= self.single
+                    alone = sum(isinstance(o, L.For) for o in kernel.body.block.ops) == 1
+                    dense = shared and alone and f.trip_count >= self.single
                     sizes = [self.single if dense else min(self.single, 8)]
                 elif (n := sum(isinstance(o, L.Acc) for o in f.body.block.ops)) > 1 and len(sizes) >= 2:
                     # several accumulators per output (a folded max pooling's window taps): fewer
