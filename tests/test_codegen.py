@@ -303,11 +303,14 @@ def test_channel_major_input_row_is_one_vldm() -> None:
     assert "vldr" not in main
 
 
-def test_depthwise_over_channel_major_input() -> None:
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_over_channel_major_input(stride: int) -> None:
     """A depthwise convolution after a convolution reads its input channel-major: a tile of 8
-    positions of one channel loads each of its 3 input rows (10 words) with one VLDM and its 9
-    weights, laid out by channel, with VLDMs too, so its main loop has no VLDR."""
-    case = Case("cmdw", (1, 12, 20, 3), lambda b, x, w: conv(L.DepthwiseConv2D, (3, 3), activation="relu")(
+    positions of one channel (4 with stride 2) loads each of its 3 input rows (10 words; 9 with
+    stride 2) with one VLDM and its 9 weights, laid out by channel, with VLDMs too, so its main
+    loop has no VLDR and nothing spilled."""
+    case = Case("cmdw", (1, 12, 20, 3), lambda b, x, w: conv(
+        L.DepthwiseConv2D, (3, 3), activation="relu", strides=[stride, stride])(
         b, conv(L.Conv2D, (3, 3), 4, activation="relu")(b, x, w), w))
     ok, err, _ = run_case(case)
     assert ok, f"max |err| {err}"
@@ -317,9 +320,10 @@ def test_depthwise_over_channel_major_input() -> None:
     labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
     bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
     main = max((b for b in bodies if "\nL" not in b), key=lambda b: b.count("vmul.f32"))
-    assert main.count("vmul.f32") == 8 * 9
-    assert len(re.findall(r"vldm r\d+!?, \{s\d+(?:, s\d+){9}\}", main)) == 3, main
-    assert "vldr" not in main, main
+    positions, row = (8, 10) if stride == 1 else (4, 9)
+    assert main.count("vmul.f32") == positions * 9
+    assert len(re.findall(rf"vldm r\d+!?, \{{s\d+(?:, s\d+){{{row - 1}}}\}}", main)) == 3, main
+    assert "vldr" not in main and "sp" not in main, main
 
 
 def test_tile_shape_estimate() -> None:
