@@ -303,6 +303,22 @@ def test_channel_major_input_row_is_one_vldm() -> None:
     assert "vldr" not in main
 
 
+@pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])
+def test_relu6_clamps_on_the_bits(f16: bool) -> None:
+    """relu6 on stored values works on the bits in core registers (BIC, then CMP + IT + MOV against
+    the bits of 6.0), with no VCMP; outputs at 0 and at 6 both occur, and match the reference."""
+    def build(b: Any, x: Any, w: Any) -> Any:
+        return b.add(L.Conv2D, x, name="conv", kernel=w(4, 3, 3, 3, positive=True), bias=w(4),
+                     activation="relu6")
+    case = Case("relu6_bits", (1, 7, 8, 3), build, f16=f16)
+    ok, err, r = run_case(case)
+    assert ok, f"max |err| {err}"
+    y = np.asarray(r["output"])
+    assert (y == 0).any() and (y == 6).any() and ((0 < y) & (y < 6)).any()
+    asm = _kernel_asm(compile_module(case.module())[0], "conv")
+    assert "vcmp" not in asm and re.search(r"it gt\n\s+movgt r\d+, r\d+\n\s+str r\d+", asm), asm
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_depthwise_over_channel_major_input(stride: int) -> None:
     """A depthwise convolution after a convolution reads its input channel-major: a tile of 8

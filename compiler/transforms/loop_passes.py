@@ -7,6 +7,8 @@ iv = c + sum(k * iv') only changes its offset and stride list.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -351,12 +353,25 @@ def _tile_shape(f: Operation, sizes: list[int]) -> list[int]:
     inputs = [o for o in loads if not isinstance(o.buffer.op, L.WeightsBuf)]
     if weights and inputs and any(f.iv in o.ivs for o in inputs) and \
             all(getattr(o.buffer.op, "channel_major", False) for o in inputs):
-        # depthwise over channel-major input: positions of one channel, 8 when the window moves by
-        # one word (a row's 10 inputs, the 8 accumulators and 9 weights fit in registers), else 4
+        # depthwise over channel-major input: positions of one channel, as many (8, 4 or 2) as
+        # leave the accumulators, a row of the window's inputs and all its weights in registers
         outer = f.parent.parent.parent
+        if not isinstance(outer, L.For):
+            return sizes
         st = dict(zip(map(id, inputs[0].ivs), inputs[0].strides))
-        step = st.get(id(outer.iv), 0) if isinstance(outer, L.For) else 0
-        return [8 if step <= 1 else 4, 1]
+        step = st.get(id(outer.iv), 0)
+        loops = [g for g in _fors(f) if g is not f]
+        taps = math.prod(g.trip_count for g in loops)
+        # the window's loop along the positions (its input stride divides theirs): neighbouring
+        # positions share its inputs, `ratio` taps apart (the convolution's stride)
+        along = [(step // st[id(g.iv)], g.trip_count) for g in loops
+                 if st.get(id(g.iv), 0) > 0 and step % st[id(g.iv)] == 0]
+        ratio, width = min(along, default=(1, 1))
+        for n in (8, 4, 2):
+            p = min(n, outer.trip_count)
+            if p + ratio * (p - 1) + width + taps <= 30:
+                return [n, 1]
+        return [1, 1]
     if not weights or not inputs or f.trip_count % 2 or any(f.iv in o.ivs for o in inputs):
         return sizes            # not a convolution's channel loop (e.g. depthwise: no shared inputs)
     f16 = str(weights[0].buffer.type.elem) == "f16"
