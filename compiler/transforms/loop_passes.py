@@ -367,7 +367,8 @@ def _tile_shape(f: Operation, sizes: list[int]) -> list[int]:
         along = [(step // st[id(g.iv)], g.trip_count) for g in loops
                  if st.get(id(g.iv), 0) > 0 and step % st[id(g.iv)] == 0]
         ratio, width = min(along, default=(1, 1))
-        for n in (8, 4, 2):
+        # positions down a column (not consecutive words) load one by one: at most 4
+        for n in (8, 4, 2) if step == ratio else (4, 2):
             p = min(n, outer.trip_count)
             if p + ratio * (p - 1) + width + taps <= 30:
                 return [n, 1]
