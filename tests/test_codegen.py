@@ -342,6 +342,20 @@ def test_depthwise_over_channel_major_input(stride: int) -> None:
     assert "vldr" not in main and "sp" not in main, main
 
 
+@pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])
+def test_two_positions_tile_eight_channels(f16: bool) -> None:
+    """A convolution with 2 output positions blocks 8 channels x 2 positions (16 accumulators):
+    each input then serves 8 accumulators, each weight 2."""
+    from ml4f.dialects import loop
+    case = Case("two", (1, 3, 16), conv(L.Conv1D, (2,), 16, activation="relu"), f16=f16)
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    _, func, _, _ = compile_module(case.module())
+    blocks = [o for o in _kernel(func, "conv").walk() if isinstance(o, loop.For)
+              and sum(isinstance(a, loop.Acc) for a in o.body.block.ops) == 16]
+    assert blocks and all(f.step == 8 for f in blocks)
+
+
 def test_tile_shape_estimate() -> None:
     """The tile shape estimate (cycles per MAC of one input-channel step) prefers 8 positions x 2
     channels only where each widened f16 weight then pays off: a wide window."""

@@ -388,6 +388,9 @@ def _tile_shape(f: Operation, sizes: list[int]) -> list[int]:
         for v, s in st.items():
             if v in inner and 0 < s and pos and pos % s == 0 and pos // s <= n:
                 K = max(K, inner[v].trip_count)
+    if isinstance(outer, L.For) and outer.trip_count <= 2 and f.trip_count % 8 == 0:
+        # two positions or one: more channels instead, so each input serves 8 accumulators
+        return [outer.trip_count, 8]
     four, wide = _step_cycles(4, 4, K, f16), _step_cycles(8, 2, K, f16)
     return [8, 2] if wide < 0.98 * four else sizes
 
@@ -411,8 +414,10 @@ class Tile(ModulePass):
     accumulators per iteration (a convolution with a folded max pooling) blocks sizes[-2] // n
     positions.
     With `auto` (default) and the default sizes, a convolution's tile is 4 x 4 or 8 x 2, whichever
-    `_step_cycles` estimates faster for its window and weight type, and a depthwise convolution
-    over channel-major input takes 8 positions of one channel (a row of inputs is one VLDM).
+    `_step_cycles` estimates faster for its window and weight type (with at most 2 positions:
+    those x 8 channels), and a depthwise convolution
+    over channel-major input takes up to 8 positions of one channel (a row of inputs is one VLDM;
+    as many as leave its window in registers).
     Example: ml4f-opt --tile=4,4 model.loops.l4f   (16 accumulators, 4 inputs, 4 weights)
     """
 
