@@ -204,3 +204,15 @@ def test_bench_writes_results_beside_ml4f(tmp_path: Path) -> None:
     assert row["ratio_cycles"] == round(row["cycles"] / 13_107, 3)
     md = (tmp_path / "results.md").read_text()
     assert f"| tfjs/mlp.json | f32 | 2,624 | {row['cycles']:,} |" in md and "13,107" in md
+
+
+def test_bench_size_build_goes_to_its_own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--optimize size` without `--out` writes bench/size/, leaving the speed build's bench/ alone."""
+    from ml4f.tools import bench
+
+    need("tfjs/mlp.json")
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--models", str(MODELS), "--only", "tfjs/mlp", "--precision", "f32",
+                       "--no-validate", "--optimize", "size"]) == 0
+    assert (tmp_path / "bench" / "size" / "results.md").read_text().startswith("# ml4f benchmark (--optimize size)")
+    assert not (tmp_path / "bench" / "results.md").exists()

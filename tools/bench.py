@@ -2,7 +2,7 @@
 emulator, and write bench/results.json and bench/results.md beside Microsoft ML4F's figures.
 
     python -m ml4f.tools.bench                       # every model, both precisions
-    python -m ml4f.tools.bench --optimize size --out bench/size   # the smaller-code build
+    python -m ml4f.tools.bench --optimize size       # the smaller-code build, into bench/size
     python -m ml4f.tools.bench --only gestures mlp   # models whose file name contains a word
     python -m ml4f.tools.bench --models ../shared/models --out bench
 
@@ -42,7 +42,8 @@ DEFAULT_MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspat
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m ml4f.tools.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=DEFAULT_MODELS_DIR, help="the shared models folder")
-    p.add_argument("--out", default="bench", help="where results.json and results.md go (default: bench)")
+    p.add_argument("--out", default=None,
+                   help="where results.json and results.md go (default: bench, or bench/size with --optimize size)")
     p.add_argument("--only", nargs="*", default=None, metavar="WORD",
                    help="only models whose path contains one of these words")
     p.add_argument("--precision", default="f32,f16", help="f32, f16 or both (default: f32,f16)")
@@ -179,6 +180,8 @@ def _main(argv: list[str]) -> int:
                                         + (f", {r['ratio_cycles']}x ML4F" if r.get("ratio_cycles") else "")
                                         + f", {r['compile_seconds']} s")
             print(f"{rel} {prec}: {status}", file=sys.stderr)
+    if args.out is None:
+        args.out = os.path.join("bench", "size") if args.optimize == "size" else "bench"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"models": results, "breakdown": breakdown}, f, indent=1)
