@@ -21,14 +21,17 @@ How loops are selected:
   the outermost loop it depends on, advanced at the end of each loop body and rewound after an
   inner loop. The constant part of an index is the instruction's offset, as is any bump not yet
   applied; bumps are applied lazily and merged, so a rewind and the enclosing loop's bump are
-  one `add`, and a VLDM that writes its base back often makes the bump free.
+  one `add`, and a VLDM that writes its base back often makes the bump free (a pointer starts at
+  its first word, so that its first VLDM can write it back).
 - Loads of a block wait for their first use and go out in runs of consecutive words, one VLDM
   each (f16 weights as words, widened with VCVTB/VCVTT.F32.F16 when the pointer stays
   word-aligned, else LDRH + VCVTB). Innermost reduction loops are unrolled (by the largest factor
   whose values fit in registers) so their loads form runs; the reduction loop of a register-
   blocked tile is unrolled step by step instead (`_unroll_steps`: each step's loads form runs of
   their own). Weight buffers are packed (`pack_weights`, after these reshapings) so that a tile's
-  weights are consecutive words in the order the loops read them.
+  weights are consecutive words in the order the loops read them: a dense block of 16 outputs
+  streams 8 inputs x 16 weights per step in runs of 8 that fill the last registers, each run's
+  products added before the next one loads.
 - Before selection each kernel's loops are reshaped for the register file: a small window loop
   of a reduction nest becomes the innermost and is unrolled when neighbouring positions of a
   tile then share input loads (`_slide_windows`: 7 loads instead of 16 for 4 positions x 4
@@ -49,7 +52,8 @@ How loops are selected:
   the very next instruction, and the updates of a block are ordered so that two runs of weights
   are live at a time. Max and min are VCMP + VMRS + an IT-predicated VMOV (FPv4 has no VMAX);
   max(x, 0) clears the word's bits when its sign is set (VMOV + BIC, stored from the core
-  register). Constants are built where they are used (VMOV.F32 #imm, or MOVW/MOVT + VMOV).
+  register), and min(that, c) for a positive c (relu6) compares the bits as integers (CMP + IT +
+  MOV against c's bits: non-negative floats order as integers). Constants are built where they are used (VMOV.F32 #imm, or MOVW/MOVT + VMOV).
 - `loop.exp` calls its routine (`ml4f_expf`, mathlib.OP_ROUTINES; argument and result in s0).
 
 Example: ml4f-opt model.loops.l4f -p plan-memory,lower-to-thumb
@@ -780,12 +784,15 @@ class _Lowering:
 
     def _only_skipped_init(self, v: Value) -> bool:
         """Whether constant `v` is never read: -inf only initialising accumulators whose first
-        update is a max (which takes the first value as it is), or +0.0 only as relu's bound
-        (max(x, 0) clears the bits of negative x in a core register)."""
+        update is a max (which takes the first value as it is), +0.0 only as relu's bound
+        (max(x, 0) clears the bits of negative x in a core register), or only relu6's bound
+        (compared on the bits)."""
         L = self.L
         value = self.const_ops[id(v)].value
         if value == 0.0 and math.copysign(1.0, value) > 0:
             return all(isinstance(u, L.MaxF) for u, _ in v.uses)
+        if 0.0 < value < math.inf:
+            return all(self._clampable(u) is not None for u, _ in v.uses)
         if value != -math.inf:
             return False
         return all(isinstance(u, L.Acc) and isinstance(self._first_write(u), L.AccMax) for u, _ in v.uses)
@@ -1507,17 +1514,30 @@ class _Lowering:
         self.compare(a, b)
         self.predicated_move(op, a, b, "mi" if op.name == "loop.maxf" else "gt")
 
+    def _clampable(self, op: Operation) -> tuple[Value, float] | None:
+        """(r, c) when minf `op` is min(r, c) for r = max(x, +0.0) and a positive constant c, and
+        its result is only stored (relu6): a clamp on the bits (`_clamp`)."""
+        L = self.L
+        if not isinstance(op, L.MinF) or not all(isinstance(u, L.Store) for u, _ in op.result.uses):
+            return None
+        for r, c in ((op.a, op.b), (op.b, op.a)):
+            m = r.op
+            if id(c) in self.const_ops and 0.0 < self.const_ops[id(c)].value < math.inf and \
+                    isinstance(m, L.MaxF) and any(id(z) in self.const_ops and self.const_ops[id(z)].value == 0.0
+                                                  and math.copysign(1.0, self.const_ops[id(z)].value) > 0
+                                                  for z in (m.a, m.b)):
+                return r, self.const_ops[id(c)].value
+        return None
+
     def _clamp(self, op: Operation) -> bool:
         """min(max(x, 0), c) for a positive constant c, only stored (relu6): on the bits in a core
         register, where non-negative floats order as integers (VMOV, BIC, CMP, IT, MOV: 5
         cycles, the constant's bits built once per block) instead of a round trip through VCMP."""
-        for r, c in ((op.a, op.b), (op.b, op.a)):
-            if id(r) in self.relu_of and id(r) not in self.vals and id(c) in self.const_ops \
-                    and 0.0 < self.const_ops[id(c)].value < math.inf and self.core_free \
-                    and all(isinstance(u, self.L.Store) for u, _ in op.result.uses):
-                self.clamp_of[id(op.result)] = (r, f32_bits(self.const_ops[id(c)].value))
-                return True
-        return False
+        rc = self._clampable(op)
+        if rc is None or id(rc[0]) not in self.relu_of or id(rc[0]) in self.vals or not self.core_free:
+            return False
+        self.clamp_of[id(op.result)] = (rc[0], f32_bits(rc[1]))
+        return True
 
     def clamp_bits(self, v: Value) -> Value:
         """A core register with the bits of min(max(x, 0), c) for v recorded by `_clamp`."""
