@@ -220,6 +220,13 @@ def _kernel_asm(res: CodegenResult, name: str) -> str:
     return text[:cut]
 
 
+def _main_loop(asm: str) -> tuple[str, str]:
+    """(label, body) of the innermost loop with the most VMULs in a kernel's assembly."""
+    labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
+    bodies = [(lab, asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0]) for lab in labels]
+    return max(((lab, b) for lab, b in bodies if "\nL" not in b), key=lambda t: t[1].count("vmul.f32"))
+
+
 def test_sliding_window_shares_input_loads() -> None:
     """A 1-D convolution with a 4-tap window over 3 channels: the window loop becomes the
     innermost and is unrolled, so a step of a 4-position tile loads 7 inputs (positions p..p+6),
@@ -272,11 +279,9 @@ def test_channel_loop_runs_several_steps_per_iteration() -> None:
     ok, err, _ = run_case(case)
     assert ok, f"max |err| {err}"
     asm = _kernel_asm(compile_module(case.module())[0], "conv")
-    labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
-    bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
-    main = max((b for b in bodies if "\nL" not in b), key=lambda b: b.count("vmul.f32"))
+    label, main = _main_loop(asm)
     assert main.count("vmul.f32") == 96 and main.count("subs") == 1
-    assert re.search(r"movw r\d+, #5\n" + re.escape(f"{labels[bodies.index(main)]}:"), asm)
+    assert re.search(r"movw r\d+, #5\n" + re.escape(f"{label}:"), asm)
     # each later step's first input load comes after the previous step's 32 products
     loads = [m.start() for m in re.finditer(r"vld[rm] s|vldm r\d+!?, \{s", main)]
     muls = [m.start() for m in re.finditer(r"vmul\.f32", main)]
@@ -295,9 +300,7 @@ def test_channel_major_input_row_is_one_vldm() -> None:
     res, func, _, _ = compile_module(case.module())
     assert [a.channel_major for a in func.allocs if a.input < 0] == [True, False]
     asm = _kernel_asm(res, "conv_1")
-    labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
-    bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
-    main = max((b for b in bodies if "\nL" not in b), key=lambda b: b.count("vmul.f32"))
+    _, main = _main_loop(asm)
     steps = main.count("vmul.f32") // 32
     assert steps > 1 and len(re.findall(r"vldm r\d+!?, \{s\d+(?:, s\d+){4}\}", main)) == steps, main
     assert "vldr" not in main
@@ -333,9 +336,7 @@ def test_depthwise_over_channel_major_input(stride: int) -> None:
     res, func, _, _ = compile_module(case.module())
     assert [a.channel_major for a in func.allocs if a.input < 0] == [True, False]
     asm = _kernel_asm(res, "dw")
-    labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
-    bodies = [asm.split(f"\n{lab}:\n", 1)[1].split(f"bne {lab}\n", 1)[0] for lab in labels]
-    main = max((b for b in bodies if "\nL" not in b), key=lambda b: b.count("vmul.f32"))
+    _, main = _main_loop(asm)
     positions, row = (8, 10) if stride == 1 else (4, 9)
     assert main.count("vmul.f32") == positions * 9
     assert len(re.findall(rf"vldm r\d+!?, \{{s\d+(?:, s\d+){{{row - 1}}}\}}", main)) == 3, main
