@@ -519,73 +519,16 @@ class _Lowering:
 
     def reshape(self, k: Operation) -> None:
         """The loop transformations made for the register file before selection (same results)."""
+        from ml4f.compiler.transforms.loop_passes import coalesce
         self.src = k
         if self.unroll != 1:
             self._slide_windows(k)
-        self._coalesce(k)
+        coalesce(k)
         if self.unroll != 1:
             self._unroll_reductions(k)
             self._unroll_max_windows(k)
             self._peel_first_steps(k)
             self._unroll_steps(k)
-
-    def _coalesce(self, k: Operation) -> None:
-        """Fuse a loop whose body is only another loop into one loop, when every access walks
-        the pair as one run (outer stride * outer step = inner trip count * inner stride, the
-        inner loop from 0 by 1): e.g. kx and ci of a convolution over channels-last input. One
-        longer loop spends less on counters and pointer rewinds, and unrolls better."""
-        L = self.L
-        changed = True
-        while changed:
-            changed = False
-            for a in [f for f in k.walk() if isinstance(f, L.For)]:
-                ops = a.body.block.ops
-                if len(ops) != 1 or not isinstance(ops[0], L.For):
-                    continue
-                b = ops[0]
-                if b.lb != 0 or b.step != 1 or b.trip_count < 1 or a.trip_count < 1:
-                    continue
-                users = [u for iv in (a.iv, b.iv) for u, _ in iv.uses]
-                if not all(isinstance(u, L._Access) for u in users):
-                    continue
-                plan = []
-                for u in dict.fromkeys(users):
-                    st = dict(zip(map(id, u.ivs), u.strides))
-                    sa, sb = st.get(id(a.iv), 0), st.get(id(b.iv), 0)
-                    if sa * a.step != sb * b.trip_count:
-                        break
-                    plan.append((u, sa, sb))
-                else:
-                    self._fuse(a, b, plan)
-                    changed = True
-                    break
-
-    def _fuse(self, a: Operation, b: Operation, plan: list[tuple[Operation, int, int]]) -> None:
-        L = self.L
-        from ml4f.compiler.types import index
-        block = Block([index], [b.iv.name_hint])
-        t = block.args[0]
-        c = L.For([], [], {"lb": 0, "ub": a.trip_count * b.trip_count, "step": 1}, regions=[Region([block])],
-                  origin=b.origin, loc=b.loc)
-        for op in list(b.body.block.ops):
-            b.body.block.ops.remove(op)
-            block.append(op)
-        for u, sa, sb in plan:
-            keep = [(v, s) for v, s in zip(u.ivs, u.strides) if v is not a.iv and v is not b.iv]
-            head = u.operands[:u.buf_index + 1]
-            attrs = dict(u.attributes)
-            attrs["offset"] = u.offset + sa * a.lb
-            attrs["strides"] = tuple(s for _, s in keep) + (sb,)
-            new = type(u)(list(head) + [v for v, _ in keep] + [t], [r.type for r in u.results], attrs,
-                          origin=u.origin, loc=u.loc, result_names=[r.name_hint for r in u.results])
-            u.parent.insert_before(u, new)
-            for old, r in zip(u.results, new.results):
-                old.replace_all_uses_with(r)
-            u.parent.erase(u)
-        parent = a.parent
-        parent.insert_before(a, c)
-        b.body.block.ops.clear()
-        parent.erase(a)
 
     def _unroll_reductions(self, k: Operation) -> None:
         """Unroll innermost reduction loops so that their loads form VLDM runs and the loop

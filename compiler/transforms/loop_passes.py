@@ -320,6 +320,69 @@ class LoopCanonicalize(ModulePass):
             canonicalize_kernel(k)
 
 
+def coalesce(k: Operation, positions: bool = False) -> None:
+    """Fuse a loop whose body is only another loop into one loop, when every access walks
+    the pair as one run (outer stride * outer step = inner trip count * inner stride, the
+    inner loop from 0 by 1): e.g. kx and ci of a convolution over channels-last input. One
+    longer loop spends less on counters and pointer rewinds, and unrolls better. With
+    `positions`, only loops around an accumulator loop (a 1x1 convolution's rows and columns)."""
+    L = _loop()
+    changed = True
+    while changed:
+        changed = False
+        for a in [f for f in k.walk() if isinstance(f, L.For)]:
+            ops = a.body.block.ops
+            if len(ops) != 1 or not isinstance(ops[0], L.For):
+                continue
+            b = ops[0]
+            if b.lb != 0 or b.step != 1 or b.trip_count < 1 or a.trip_count < 1:
+                continue
+            if positions and not any(isinstance(g, L.For) and any(isinstance(o, L.Acc) for o in g.body.block.ops)
+                                     for g in b.body.block.ops):
+                continue
+            users = [u for iv in (a.iv, b.iv) for u, _ in iv.uses]
+            if not all(isinstance(u, L._Access) for u in users):
+                continue
+            plan = []
+            for u in dict.fromkeys(users):
+                st = dict(zip(map(id, u.ivs), u.strides))
+                sa, sb = st.get(id(a.iv), 0), st.get(id(b.iv), 0)
+                if sa * a.step != sb * b.trip_count:
+                    break
+                plan.append((u, sa, sb))
+            else:
+                _fuse(a, b, plan)
+                changed = True
+                break
+
+def _fuse(a: Operation, b: Operation, plan: list[tuple[Operation, int, int]]) -> None:
+    L = _loop()
+    from ml4f.compiler.types import index
+    block = Block([index], [b.iv.name_hint])
+    t = block.args[0]
+    c = L.For([], [], {"lb": 0, "ub": a.trip_count * b.trip_count, "step": 1}, regions=[Region([block])],
+              origin=b.origin, loc=b.loc)
+    for op in list(b.body.block.ops):
+        b.body.block.ops.remove(op)
+        block.append(op)
+    for u, sa, sb in plan:
+        keep = [(v, s) for v, s in zip(u.ivs, u.strides) if v is not a.iv and v is not b.iv]
+        head = u.operands[:u.buf_index + 1]
+        attrs = dict(u.attributes)
+        attrs["offset"] = u.offset + sa * a.lb
+        attrs["strides"] = tuple(s for _, s in keep) + (sb,)
+        new = type(u)(list(head) + [v for v, _ in keep] + [t], [r.type for r in u.results], attrs,
+                      origin=u.origin, loc=u.loc, result_names=[r.name_hint for r in u.results])
+        u.parent.insert_before(u, new)
+        for old, r in zip(u.results, new.results):
+            old.replace_all_uses_with(r)
+        u.parent.erase(u)
+    parent = a.parent
+    parent.insert_before(a, c)
+    b.body.block.ops.clear()
+    parent.erase(a)
+
+
 def _blockable(root: Operation) -> list[Operation]:
     """The loops whose body starts accumulators and runs a reduction loop (output-channel loops)."""
     L = _loop()
@@ -418,6 +481,9 @@ class Tile(ModulePass):
     those x 8 channels), and a depthwise convolution
     over channel-major input takes up to 8 positions of one channel (a row of inputs is one VLDM;
     as many as leave its window in registers).
+    Position loops around the accumulator loop that walk memory as one run (a 1x1 convolution's
+    rows and columns) are made one loop first (`coalesce`), so the remainder is one block per
+    kernel rather than one per row.
     Example: ml4f-opt --tile=4,4 model.loops.l4f   (16 accumulators, 4 inputs, 4 weights)
     """
 
@@ -433,6 +499,9 @@ class Tile(ModulePass):
         if any(s < 1 for s in self.sizes):
             raise CompileError(f"tile sizes must be positive, got {list(self.sizes)}")
         for kernel in _kernels(module):
+            # position loops that walk memory as one run (a 1x1 convolution's rows and columns)
+            # become one loop first: a tile's remainder is then one block per kernel, not per row
+            coalesce(kernel, positions=True)
             for f in _blockable(kernel):
                 if not _attached(f, kernel) or not _jam_ok(f):
                     continue
