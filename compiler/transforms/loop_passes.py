@@ -8,7 +8,6 @@ iv = c + sum(k * iv') only changes its offset and stride list.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -355,7 +354,9 @@ def coalesce(k: Operation, positions: bool = False) -> None:
                 changed = True
                 break
 
+
 def _fuse(a: Operation, b: Operation, plan: list[tuple[Operation, int, int]]) -> None:
+    """Replace loops a (outer) and b (inner, from 0 by 1) by one loop over a's x b's iterations."""
     L = _loop()
     from ml4f.compiler.types import index
     block = Block([index], [b.iv.name_hint])
@@ -478,9 +479,9 @@ class Tile(ModulePass):
     positions.
     With `auto` (default) and the default sizes, a convolution's tile is 4 x 4 or 8 x 2, whichever
     `_step_cycles` estimates faster for its window and weight type (with at most 2 positions:
-    those x 8 channels), and a depthwise convolution
-    over channel-major input takes up to 8 positions of one channel (a row of inputs is one VLDM;
-    as many as leave its window in registers).
+    those x 8 channels), and a depthwise convolution over channel-major input takes up to 8
+    positions of one channel (a row of inputs is one VLDM; as many as leave its window in
+    registers).
     Position loops around the accumulator loop that walk memory as one run (a 1x1 convolution's
     rows and columns) are made one loop first (`coalesce`), so the remainder is one block per
     kernel rather than one per row.
