@@ -292,7 +292,7 @@ class ModelLowering:
                 continue
             if isinstance(u, layer.DepthwiseConv2D) and min(u.result.type.shape[1:3]) >= 4:
                 continue   # (smaller outputs are mostly border positions, which read channel runs)
-            if not isinstance(u, layer.Conv2D) or sorted(u.window())[0] != 1 or max(u.window()) == 1:
+            if not isinstance(u, layer.Conv2D) or min(u.window()) != 1 or max(u.window()) == 1:
                 return False
         return True
 
@@ -389,7 +389,7 @@ class ModelLowering:
         value is the max of a few accumulators in registers: no intermediate buffer, no second
         pass over memory."""
         layer = self.layer
-        if not isinstance(op, (layer.Conv1D, layer.Conv2D, layer.DepthwiseConv1D, layer.DepthwiseConv2D)):
+        if not isinstance(op, _conv_classes()):
             return None
         if op.get_attr("activation") not in ("none", "relu", "relu6"):
             return None
@@ -801,10 +801,14 @@ def lower_cropping(low: LayerLowering) -> None:
         em.store(em.load(x, x.at(*[i + s for i, s in zip(ivs, starts)]), "x"), out, out.at(*ivs))
 
 
+def _conv_classes() -> tuple[type, ...]:
+    from ml4f.dialects import layer
+    return (layer.Conv1D, layer.Conv2D, layer.DepthwiseConv1D, layer.DepthwiseConv2D)
+
+
 def _windowed_classes() -> tuple[type, ...]:
     from ml4f.dialects import layer
-    return (layer.Conv1D, layer.Conv2D, layer.DepthwiseConv1D, layer.DepthwiseConv2D, layer.MaxPool1D,
-            layer.MaxPool2D, layer.AvgPool1D, layer.AvgPool2D)
+    return (*_conv_classes(), layer.MaxPool1D, layer.MaxPool2D, layer.AvgPool1D, layer.AvgPool2D)
 
 
 def lower_upsample(low: LayerLowering) -> None:

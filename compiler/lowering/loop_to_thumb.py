@@ -53,7 +53,8 @@ How loops are selected:
   are live at a time. Max and min are VCMP + VMRS + an IT-predicated VMOV (FPv4 has no VMAX);
   max(x, 0) clears the word's bits when its sign is set (VMOV + BIC, stored from the core
   register), and min(that, c) for a positive c (relu6) compares the bits as integers (CMP + IT +
-  MOV against c's bits: non-negative floats order as integers). Constants are built where they are used (VMOV.F32 #imm, or MOVW/MOVT + VMOV).
+  MOV against c's bits: non-negative floats order as integers). Constants are built where they
+  are used (VMOV.F32 #imm, or MOVW/MOVT + VMOV).
 - `loop.exp` calls its routine (`ml4f_expf`, mathlib.OP_ROUTINES; argument and result in s0).
 
 Example: ml4f-opt model.loops.l4f -p plan-memory,lower-to-thumb
@@ -1438,9 +1439,13 @@ class _Lowering:
         self.emit("vcmp.f32", [a, b])
         self.emit("vmrs")
 
+    def _is_plus_zero(self, v: Value) -> bool:
+        """Whether `v` is the constant +0.0 (relu's bound)."""
+        c = self.const_ops.get(id(v))
+        return c is not None and c.value == 0.0 and math.copysign(1.0, c.value) > 0
+
     def op_maxmin(self, op: Operation) -> None:
-        zero = [v for v in (op.a, op.b) if id(v) in self.const_ops and self.const_ops[id(v)].value == 0.0
-                and not math.copysign(1.0, self.const_ops[id(v)].value) < 0]
+        zero = [v for v in (op.a, op.b) if self._is_plus_zero(v)]
         if op.name == "loop.maxf" and zero:
             # relu on the bits: clear the word when the sign is set (3 cycles, no IT block); a
             # store of the result takes the core register as it is
@@ -1466,9 +1471,7 @@ class _Lowering:
         for r, c in ((op.a, op.b), (op.b, op.a)):
             m = r.op
             if id(c) in self.const_ops and 0.0 < self.const_ops[id(c)].value < math.inf and \
-                    isinstance(m, L.MaxF) and any(id(z) in self.const_ops and self.const_ops[id(z)].value == 0.0
-                                                  and math.copysign(1.0, self.const_ops[id(z)].value) > 0
-                                                  for z in (m.a, m.b)):
+                    isinstance(m, L.MaxF) and any(self._is_plus_zero(z) for z in (m.a, m.b)):
                 return r, self.const_ops[id(c)].value
         return None
 
@@ -1490,8 +1493,7 @@ class _Lowering:
         if limit is None:
             limit = self.const_scopes[-1][key] = self.const_core(k)
         n = self.take_core()
-        w = self.emit1("vmov", [self.val(self.relu_of[id(r)])], self.reg())
-        fixed = self.emit1("bic", [w, w], self.reg(n), shift="asr #31")
+        fixed = self.relu_bits(r, self.reg(n))
         self.emit("cmp", [fixed, limit])
         self.block.append(self.T.It([], [], {"cond": "gt"}, origin=self.src))
         out = self.emit1("mov", [limit], self.reg(n), cond="gt")
@@ -1499,10 +1501,11 @@ class _Lowering:
         self.core_free.sort(key=self.core_pool.index)
         return out
 
-    def relu_bits(self, v: Value) -> Value:
-        """A core register with the bits of max(x, 0) for v = maxf(x, 0.0)."""
+    def relu_bits(self, v: Value, rtype: Any = None) -> Value:
+        """A core register (of type `rtype`, default virtual) with the bits of max(x, 0) for
+        v = maxf(x, 0.0)."""
         r = self.emit1("vmov", [self.val(self.relu_of[id(v)])], self.reg())
-        return self.emit1("bic", [r, r], self.reg(), shift="asr #31")
+        return self.emit1("bic", [r, r], rtype or self.reg(), shift="asr #31")
 
     def op_cmpf(self, op: Operation) -> None:
         for user, _ in op.result.uses:

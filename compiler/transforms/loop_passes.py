@@ -410,7 +410,9 @@ def _step_cycles(P: int, C: int, K: int, f16: bool) -> float:
 def _tile_shape(f: Operation, sizes: list[int]) -> list[int]:
     """(positions, channels) for the tile of accumulator loop `f`: the default 4 x 4, or 8 x 2
     when the estimate says it is at least 2% faster (f16 weights over a wide window: each widened
-    weight then serves 8 positions)."""
+    weight then serves 8 positions); with at most 2 positions, those x 8 channels; for a depthwise
+    convolution over channel-major input, up to 8 positions of one channel (the register budget
+    of its window decides)."""
     L = _loop()
     loads = [o for o in f.walk() if isinstance(o, L.Load)]
     weights = [o for o in loads if isinstance(o.buffer.op, L.WeightsBuf)]

@@ -283,7 +283,8 @@ class _Allocator:
             k = next((k for k, e in enumerate(ends) if e < lo), len(ends))
             if k == len(ends):
                 ends.append(hi)
-            ends[k] = hi
+            else:
+                ends[k] = hi
             new[slot] = 4 * k
         for slot, ops in self.slot_ops.items():
             for op in ops:
