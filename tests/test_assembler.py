@@ -71,7 +71,10 @@ def test_comments_separators_and_equ() -> None:
     ("  it eq\n", "1:3", "IT block is not complete"),
     ("  .foo 1\n", "1:3", "unknown directive '.foo'"),
     (".syntax divided\n", "1:9", "only '.syntax unified'"),
-    ("  vadd.f32 d0, d1, d2\n", "1:12", "not supported"),
+    ("  vadd.f32 q0, q1, q2\n", "1:12", "not supported"),
+    ("  vldr d16, [r0]\n", "1:8", "not supported"),
+    ("  vadd.f32 d0, d1, d2\n", "1:3", "forms: vadd.f32 Sd, Sn, Sm"),
+    ("  vldr d1, [r0, #2]\n", "1:12", "multiple of 4"),
     ("x: nop\nx: nop\n", "2:1", "already defined on line 1"),
     ("  push {r4-r2}\n", "1:9", "backwards"),
     ("  .byte 256\n", "1:9", "does not fit"),
@@ -111,8 +114,11 @@ def test_error_render_shows_a_caret() -> None:
 ])
 def test_cycle_costs_follow_design(mn: str, cost: str) -> None:
     """DESIGN §6: every form of these mnemonics declares the Cortex-M4 TRM cost."""
-    forms = [f for f in FORMS[mn] if not (mn == "vmov" and f.pattern in ("ssrr", "rrss"))]
+    forms = [f for f in FORMS[mn] if not (mn == "vmov" and f.pattern in ("ssrr", "rrss"))
+             and f.pattern != "dm"]
     assert {str(f.cycles) for f in forms} == {cost}
+    # table 7-1: the 64-bit (D register) loads and stores take 3
+    assert {str(f.cycles) for f in FORMS[mn] if f.pattern == "dm"} <= {"3"}
 
 
 # ----------------------------------------------------------------------------- ml4f-as
@@ -193,6 +199,9 @@ def _instance_lines(mn: str, sig: str, rng: random.Random, k: int) -> list[str]:
     for t in toks:
         if t in ("D", "Ds"):
             defs.append(f"!thumb.reg<{core.pop()}>" if t == "D" else f"!thumb.sreg<{sregs.pop()}>")
+        elif t == "Dd":   # a D register: an even S register and the next one
+            n0 = 2 * rng.randint(0, 15)
+            defs += [f"!thumb.sreg<s{n0}>", f"!thumb.sreg<s{n0 + 1}>"]
         elif t in ("U", "Us"):
             use(f"!thumb.reg<{core.pop()}>" if t == "U" else f"!thumb.sreg<{sregs.pop()}>")
         elif t in ("T", "Ts"):
@@ -212,7 +221,8 @@ def _instance_lines(mn: str, sig: str, rng: random.Random, k: int) -> list[str]:
                 attrs["mode"] = '"pre"' if rng.random() < 0.5 else '"post"'
         elif t == "M!":
             wb_base = use(f"!thumb.reg<{core.pop()}>")
-            if base not in ("push", "pop") and rng.random() < 0.5:
+            # (vldmdb/vstmdb exist only with writeback)
+            if base in ("vldmdb", "vstmdb") or base not in ("push", "pop") and rng.random() < 0.5:
                 attrs["writeback"] = "true"
         elif t == "L":
             attrs["target"] = f"@fwd{k}"
@@ -291,6 +301,20 @@ def test_every_op_has_semantics_and_cost() -> None:
         assert cls.__doc__ and "GNU:" in cls.__doc__ and "cycles" in cls.__doc__, mn
         assert cls.name == f"thumb.{mn}"
         assert mn.split(".")[0] in FORMS
+
+
+@pytest.mark.parametrize("regs, ok", [("s4, s5", True), ("s5, s6", False), ("s4, s6", False)])
+def test_d_register_load_needs_an_even_pair(regs: str, ok: bool) -> None:
+    a, b = (f"!thumb.sreg<{r}>" for r in regs.split(", "))
+    text = ("thumb.func @f {\n  %p = thumb.get_register : !thumb.reg<r0>\n"
+            f"  %x, %y = thumb.vldr %p {{offset = 8}} : {a}, {b}\n}}\n")
+    module = parse(text, "d.l4f")
+    if ok:
+        verify_module(module)
+        assert print_asm(module.ops).endswith("vldr d2, [r0, #8]\n")
+        return
+    with pytest.raises(CompileError, match="3:12: error: .*even S register and the next one"):
+        verify_module(module)
 
 
 def test_register_types_parse_and_print() -> None:

@@ -72,6 +72,33 @@ def test_many_live_s_values(n: int) -> None:
     assert ("vpush" in asm) == (n > 16)
 
 
+@pytest.mark.parametrize("n", [7, 31, 41])
+def test_d_register_loads_take_even_pairs_or_split(n: int) -> None:
+    """One single load, then (n - 1) / 2 D register loads, all live before the adds: each pair
+    takes an even S register and the next one; past 32 live values the pairs that find none are
+    split into two VLDRs (a list is never spilled). The sum is NumPy's in every case."""
+    lines = ["thumb.func @f {", "  %arg = thumb.get_register : !thumb.reg<r1>",
+             "  %lr = thumb.get_register : !thumb.reg<lr>", "  %a = thumb.mov %arg : !thumb.reg",
+             "  %x0 = thumb.vldr %a : !thumb.sreg"]
+    for i in range(1, n, 2):
+        lines.append(f"  %x{i}, %x{i + 1} = thumb.vldr %a {{offset = {4 * i}}} : !thumb.sreg, !thumb.sreg")
+    acc = "%x0"
+    for i in range(1, n):
+        lines.append(f"  %s{i} = thumb.vadd.f32 {acc}, %x{i} : !thumb.sreg")
+        acc = f"%s{i}"
+    lines += [f"  thumb.vstr {acc}, %a {{offset = {4 * n}}}", "  thumb.bx %lr", "}"]
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n).astype(np.float32)
+    out, res, asm = run("\n".join(lines) + "\n", np.concatenate([x, np.zeros(2, np.float32)]))
+    assert np.frombuffer(out, np.float32)[n] == _ordered_sum(x)
+    pairs = re.findall(r"vldr d(\d+), \[r\d+, #(\d+)\]", asm)
+    assert all(int(off) % 8 == 4 for _, off in pairs)
+    if n <= 32:
+        assert len(pairs) == (n - 1) // 2 and res.spills == 0
+    else:
+        assert 0 < len(pairs) < (n - 1) // 2
+
+
 @pytest.mark.parametrize("core", [3, 10, 14, 20])
 def test_many_live_core_values(core: int) -> None:
     rng = np.random.default_rng(core)

@@ -131,6 +131,8 @@ def operands(rng: random.Random, mn: str, pattern: str, dts: str) -> list[str]:
             out.append(reg(rng) + ("!" if wb and rng.random() < 0.6 else ""))
         elif k == "s":
             out.append(sreg(rng))
+        elif k == "d":
+            out.append(f"d{rng.randint(0, 15)}")
         elif k == "i":
             if mn in ("vmov",):
                 out.append("#" + rng.choice(FLOATS))

@@ -26,6 +26,7 @@ from ml4f.dialects.thumb.encodings import (
     S_SUFFIX,
     TWO_OPERAND,
     UNCONDITIONAL,
+    DReg,
     Env,
     Form,
     Imm,
@@ -41,7 +42,7 @@ from ml4f.dialects.thumb.encodings import (
     modimm,
     pattern_of,
 )
-from ml4f.dialects.thumb.registers import parse_core, parse_sreg
+from ml4f.dialects.thumb.registers import parse_core, parse_dreg, parse_sreg
 
 # ----------------------------------------------------------------------------- results
 
@@ -505,8 +506,12 @@ class _Assembler:
             return SReg(sr)
         if low in ("apsr_nzcv", "fpscr"):
             return Special(low)
+        dr = parse_dreg(name)
+        if dr is not None:
+            return DReg(dr)
         if re.match(r"[dq]\d+$", low):
-            raise _AsmError(f"register '{text}' is not supported (FPv4-SP: use s0-s31)", col)
+            raise _AsmError(f"register '{text}' is not supported (FPv4-SP: s0-s31, d0-d15 in vldr/vstr)",
+                            col)
         if re.match(r"[-+]?\d", text):
             return Imm(self.const(text, col))
         return self.value_or_label(text, col)

@@ -1126,7 +1126,10 @@ class _Lowering:
     def _emit_words(self, run: _Run, p: Value, off: int, wb: bool) -> None:
         c = run.cls
         n = len(run.words)
-        if n == 1 and not wb or off != 0 and n < 3:
+        if n == 2 and off != 0:
+            # a D register: two words for 3 cycles, at an offset VLDM cannot take
+            words = self.emit("vldr", [p], [self.sreg(), self.sreg()], offset=off).results
+        elif n == 1 and not wb or off != 0 and n < 3:
             words = [self.emit1("vldr", [p], self.sreg(), offset=off + 4 * k) for k in range(n)]
         else:
             base = p if off == 0 else self.add_const(p, off, self.reg())

@@ -376,6 +376,14 @@ class _Allocator:
                                and id(w) not in lists]
                 cands = [w for w in cands if id(w) not in self.spill_temps]
                 if not cands:
+                    # every register in conflict holds part of a list, which is never spilled:
+                    # load the longest-lived one register by register instead, and start again
+                    held = [lists[id(w)] for n in order for w in owners.get((kind, n), [])
+                            if mask[id(w)] & m and id(w) in lists and w.op is not None
+                            and w.op.mnemonic in ("vldm", "vldr")]
+                    if held:
+                        self.split_list(max(held, key=lambda g: mask[id(g[0])].bit_count()))
+                        return []
                     raise self.func.error("out of registers even after spilling (too many "
                                           "precolored registers live at once)")
                 victim = max(cands, key=lambda w: mask[id(w)].bit_count())
@@ -403,13 +411,22 @@ class _Allocator:
         return None
 
     def register_lists(self) -> dict[int, list[Value]]:
-        """Virtual values that must take consecutive registers: the lists of vldm/vstm."""
+        """Virtual values that must take consecutive registers: the lists of vldm/vstm, and the
+        pairs of a D register load (which also start at an even register: `self.paired`)."""
         out: dict[int, list[Value]] = {}
+        self.paired: set[int] = set()
         for op in self.ops:
-            if not isinstance(op, self.T.ThumbOp) or op.mnemonic not in ("vldm", "vstm", "vldmdb", "vstmdb"):
+            if not isinstance(op, self.T.ThumbOp) or op.mnemonic not in ("vldm", "vstm", "vldmdb", "vstmdb",
+                                                                          "vldr"):
                 continue
             for tok, oi, n in op.plan():
-                if tok.endswith("*"):
+                if tok == "Dd":
+                    group = [self.root(v) for v in op.results[:2]]
+                    if all(v.type.num is None for v in group):
+                        self.paired.add(id(group[0]))
+                        for v in group:
+                            out[id(v)] = group
+                elif tok.endswith("*"):
                     vals = op.operands[oi:oi + n] if tok.startswith("U") else op.results[oi:oi + n]
                     group = [self.root(v) for v in vals]
                     if len(group) > 1 and all(v.type.num is None for v in group):
@@ -418,18 +435,19 @@ class _Allocator:
         return out
 
     def split_list(self, group: list[Value]) -> None:
-        """Replace the vldm defining `group` by one vldr per register (and an add for writeback),
-        when no run of free consecutive registers exists."""
+        """Replace the vldm (or D register vldr) defining `group` by one vldr per register (and an
+        add for writeback), when no run of free consecutive registers exists."""
         T, R = self.T, self.R
         op = group[0].op
-        if op is None or op.mnemonic != "vldm":
+        if op is None or op.mnemonic not in ("vldm", "vldr"):
             raise self.func.error("no consecutive registers for a register list")
         block = self.func.body.block
         base = op.operands[0]
         at = block.ops.index(op)
         n = len(group)
         for k, v in enumerate(op.results[:n]):
-            ld = T.OPS["vldr"]([base], [R.SRegType(v.type.num)], {"offset": 4 * k} if k else {}, origin=op)
+            off = op.offset + 4 * k
+            ld = T.OPS["vldr"]([base], [R.SRegType(v.type.num)], {"offset": off} if off else {}, origin=op)
             block.insert(at + k, ld)
             v.replace_all_uses_with(ld.result)
         if op.writeback:
@@ -444,7 +462,7 @@ class _Allocator:
     def assign_list(self, group: list[Value], mask: dict, occ: dict, owners: dict, assign: dict) -> bool:
         kind = "s" if self.is_sreg(group[0]) else "r"
         top = 32 if kind == "s" else 13
-        for base in range(top - len(group) + 1):
+        for base in range(0, top - len(group) + 1, 2 if id(group[0]) in self.paired else 1):
             regs = [(kind, base + k) for k in range(len(group))]
             if any(kind == "r" and r[1] in (SP, LR, PC) for r in regs):
                 continue

@@ -98,7 +98,7 @@ def _key(v: Value) -> Key:
 
 def _base_cycles(op: ThumbOp, plan: list[tuple[str, int, int]]) -> int:
     """The op's cost from the encoding form its operands select (FORMS[mnemonic][i].cycles)."""
-    letters = {"D": "r", "U": "r", "T": "r", "M!": "r", "Ds": "s", "Us": "s", "Ts": "s", "=": "s",
+    letters = {"D": "r", "Dd": "d", "U": "r", "T": "r", "M!": "r", "Ds": "s", "Us": "s", "Ts": "s", "=": "s",
                "I": "i", "F": "i", "M": "m", "L": "l", "SH": "h", "D*": "L", "U*": "L", "Ds*": "S",
                "Us*": "S"}
     pattern = "".join(letters.get(t, "x") for t, _, _ in plan if t != "SH" or op.shift is not None)
@@ -160,7 +160,7 @@ def _insn(op: ThumbOp, index: int, versions: dict[Key, int]) -> _Insn:
                     size = 4 * sum(ri for t, _, ri in plan if t.endswith("*"))
                     lo = -size if base.endswith("db") else 0
                 else:
-                    size = _BYTES[base]
+                    size = _BYTES[base] * (2 if plan[0][0] == "Dd" else 1)
                     lo = 0 if op.mode == "post" else op.offset
                 info.span = (bkey, versions.get(bkey, 0), lo, lo + size)
     if base in _CORE_LOADS:

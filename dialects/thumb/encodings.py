@@ -40,6 +40,13 @@ class SReg:
 
 
 @dataclass(frozen=True)
+class DReg:
+    """A double register d0-d15 (FPv4-SP: only as the pair s2n, s2n+1 of a 64-bit load or store)."""
+
+    n: int
+
+
+@dataclass(frozen=True)
 class Imm:
     """`#value`: an integer, or a float (vmov/vcmp)."""
 
@@ -93,11 +100,11 @@ class Special:
     name: str
 
 
-Operand = Reg | SReg | Imm | Shift | Mem | RegList | SRegList | Label | Special
+Operand = Reg | SReg | DReg | Imm | Shift | Mem | RegList | SRegList | Label | Special
 
-# Pattern letters: r core reg, s S reg, i immediate, h shift, m memory, L core list, S S list,
+# Pattern letters: r core reg, s S reg, d D reg, i immediate, h shift, m memory, L core list, S S list,
 # l label, x special register.
-_KIND = {Reg: "r", SReg: "s", Imm: "i", Shift: "h", Mem: "m", RegList: "L", SRegList: "S", Label: "l",
+_KIND = {Reg: "r", SReg: "s", DReg: "d", Imm: "i", Shift: "h", Mem: "m", RegList: "L", SRegList: "S", Label: "l",
          Special: "x"}
 
 
@@ -1299,8 +1306,11 @@ for _mn, _t in (("vcvtb", 0), ("vcvtt", 1)):
 
 
 def _vldr(load: bool) -> Callable[[list, Env], int]:
+    """VLDR/VSTR (A7.7.236, A7.7.257): encoding T2 for an S register, T1 (coprocessor 11, two
+    words) for a D register."""
     def enc(o: list, e: Env) -> int:
-        dd, vd = _vd(o[0].n)
+        dbl = isinstance(o[0], DReg)
+        dd, vd = ((o[0].n >> 4) << 6, (o[0].n & 15) << 12) if dbl else _vd(o[0].n)
         if isinstance(o[1], Label):
             need(load, "vstr cannot store to a label")
             off = literal_offset(e, o[1], 1020, 4)
@@ -1314,10 +1324,13 @@ def _vldr(load: bool) -> Callable[[list, Env], int]:
             base = m.base
             need(load or base != PC, "vstr cannot use a pc base")
         u = off >= 0 and not (isinstance(o[1], Mem) and o[1].neg_zero)
-        return t32(0xED00 | u << 7 | dd | load << 4 | base, vd | 0x0A00 | abs(off) // 4)
+        return t32(0xED00 | u << 7 | dd | load << 4 | base, vd | (0x0B00 if dbl else 0x0A00) | abs(off) // 4)
     return enc
 
 
+# table 7-1: the 64-bit forms take 3 cycles (two words for the cost of one load plus one)
+F("vldr", "vldr Dd, [Rn{, #±imm8*4}]", 4, "dm", _vldr(True), C3, dts=("", "64", "f64"))
+F("vstr", "vstr Dd, [Rn{, #±imm8*4}]", 4, "dm", _vldr(False), C3, dts=("", "64", "f64"))
 F("vldr", "vldr Sd, [Rn{, #±imm8*4}]", 4, "sm", _vldr(True), C2, dts=("", "32", "f32"))
 F("vldr", "vldr Sd, label", 4, "sl", _vldr(True), C2, relax=True, dts=("", "32", "f32"))
 F("vstr", "vstr Sd, [Rn{, #±imm8*4}]", 4, "sm", _vldr(False), C2, dts=("", "32", "f32"))

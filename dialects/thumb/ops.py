@@ -15,6 +15,7 @@ signatures (`sigs`), which say how operands, results and attributes map onto the
 
 Signature tokens (comma separated, in GNU operand order):
     D / Ds     a core / S register the op writes (a result)
+    Dd         a D register the op writes: two results, S registers s2n and s2n+1 (`vldr d3, ...`)
     U / Us     a core / S register it reads (an operand)
     T / Ts     read and written (an operand tied to a result: same register after allocation)
     =          the previous register again (`vcvt.s32.f32 s0, s0, #16`)
@@ -98,6 +99,9 @@ class ThumbOp(Operation):
             if t in ("D", "Ds"):
                 plan.append((t, -1, res))
                 res += 1
+            elif t == "Dd":
+                plan.append((t, -1, res))
+                res += 2
             elif t in ("U", "Us"):
                 plan.append((t, ops, -1))
                 ops += 1
@@ -212,6 +216,11 @@ class ThumbOp(Operation):
             a, b = self.operands[base_tok[1]].type, self.results[-1].type
             if a.num is not None and b.num is not None and a.num != b.num:
                 raise self.error(f"the written-back base {b} must be the base register {a}")
+        for tok, _, ri in plan:
+            if tok == "Dd":
+                a, b = (v.type.num for v in self.results[ri:ri + 2])
+                if a is not None and b is not None and (a % 2 or b != a + 1):
+                    raise self.error(f"a D register is an even S register and the next one, got s{a}, s{b}")
         if self.shift is not None and not re.fullmatch(r"(lsl|lsr|asr|ror) #\d+|rrx", self.shift):
             raise self.error(f"shift must look like \"lsl #2\", got \"{self.shift}\"")
 
@@ -222,6 +231,10 @@ class ThumbOp(Operation):
                 vals = self.operands[oi:oi + ri] if tok.startswith("U") else self.results[oi:oi + ri]
                 for v in vals:
                     self._check_type(v.type, kind, tok)
+                continue
+            if tok == "Dd":
+                for v in self.results[ri:ri + 2]:
+                    self._check_type(v.type, SRegType, tok)
                 continue
             if tok in ("M", "M!"):
                 self._check_type(self.operands[oi].type, RegType, tok)
@@ -254,6 +267,8 @@ class ThumbOp(Operation):
             if tok in ("D", "Ds"):
                 last_reg = self._reg(self.results[ri].type)
                 parts.append(last_reg)
+            elif tok == "Dd":
+                parts.append(f"d{int(self._reg(self.results[ri].type)[1:]) // 2}")
             elif tok in ("U", "Us", "T", "Ts"):
                 last_reg = self._reg(self.operands[oi].type)
                 parts.append(last_reg)
@@ -495,7 +510,7 @@ _SPECS: list[tuple[str, tuple[str, ...], str]] = [
     ("vcvtt.f32.f16", ("Ds, Us",), "sd = f32(top half of sm as f16)"),
     ("vcvtb.f16.f32", ("Ts, Us",), "bottom half of sd = f16(sm), top half kept"),
     ("vcvtt.f16.f32", ("Ts, Us",), "top half of sd = f16(sm), bottom half kept"),
-    ("vldr", ("Ds, M0", "Ds, L"), "sd = word at address"), ("vstr", ("Us, M0",), "word at address = sd"),
+    ("vldr", ("Ds, M0", "Dd, M0", "Ds, L"), "sd = word at address (or s2n, s2n+1 = two words)"), ("vstr", ("Us, M0",), "word at address = sd"),
     ("vldm", ("M!, Ds*",), "load S registers from rn upwards"), ("vstm", ("M!, Us*",), "store S registers"),
     ("vldmdb", ("M!, Ds*",), "load S registers below rn"), ("vstmdb", ("M!, Us*",), "store S registers below rn"),
     ("vpush", ("Us*",), "push S registers"), ("vpop", ("Ds*",), "pop S registers"),

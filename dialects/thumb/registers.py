@@ -33,6 +33,12 @@ def parse_sreg(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def parse_dreg(name: str) -> int | None:
+    """d0..d15 (the pairs s0:s1 .. s30:s31) to its number, None when `name` is not one."""
+    m = re.fullmatch(r"[dD]([0-9]|1[0-5])", name)
+    return int(m.group(1)) if m else None
+
+
 @dataclass(frozen=True)
 class RegType(Type):
     """A core register: `!thumb.reg` (virtual) or `!thumb.reg<r4>` (allocated)."""
