@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ml4f.compiler.context import Context
-from ml4f.compiler.ir import Module, Operation, Value
+from ml4f.compiler.ir import Block, Module, Operation, Value
 from ml4f.compiler.passes import ModulePass, register_pass
 
 CORE_ORDER = (0, 1, 2, 3, 12, 4, 5, 6, 7, 8, 9, 10, 11)
@@ -38,6 +38,9 @@ S_ORDER = tuple(range(32))
 CALLER_SAVED_CORE = (0, 1, 2, 3, 12, 14)
 CALLER_SAVED_S = tuple(range(16))
 BRANCHES = {"b", "bx", "cbz", "cbnz"}
+# Ops a load is not moved past (`_late`): control flow, IT blocks and memory writes.
+_NOT_PAST = BRANCHES | {"bl", "blx", "it", "str", "strb", "strh", "strd", "stm", "stmdb", "push", "vstr",
+                        "vstm", "vstmdb", "vpush", "vpop", "pop"}
 SP, LR, PC = 13, 14, 15
 
 
@@ -353,9 +356,10 @@ class _Allocator:
                 for w in group:
                     gm |= mask.get(id(w), 0)
                 cands = [w for w in cands if self.is_sreg(w) == self.is_sreg(v) and mask[id(w)] & gm]
-                if not cands or self.list_failures > 8:
-                    # one vldr per register instead; the other lists that do not fit are split in
-                    # this same round (each split needs no other change), then allocation restarts
+                if not cands or self.list_failures > 8 or id(group[0]) in self.paired:
+                    # one vldr per register instead (for a D register pair, rather than spill
+                    # anything); the other lists that do not fit are split in this same round
+                    # (each split needs no other change), then allocation restarts
                     self.split_list(group)
                     split = True
                     for w in group:
@@ -370,6 +374,14 @@ class _Allocator:
                     assign[id(v)] = (kind, n)
                     break
             else:
+                # a D register holds its second word from the pair's load to that word's last
+                # use: two VLDRs (one cycle more) cost less than a spill and its reloads
+                pairs = {id(lists[id(w)][0]): lists[id(w)] for n in order for w in owners.get((kind, n), [])
+                         if mask[id(w)] & m and id(w) in lists and id(lists[id(w)][0]) in self.paired}
+                if pairs:
+                    for g in pairs.values():
+                        self.split_list(g)
+                    return []
                 # spill the longest-lived value in conflict (or this one); keep going, so that
                 # one round finds all the spills it needs
                 cands = [v] + [w for n in order for w in owners.get((kind, n), []) if mask[id(w)] & m
@@ -448,7 +460,7 @@ class _Allocator:
         for k, v in enumerate(op.results[:n]):
             off = op.offset + 4 * k
             ld = T.OPS["vldr"]([base], [R.SRegType(v.type.num)], {"offset": off} if off else {}, origin=op)
-            block.insert(at + k, ld)
+            block.insert(self._late(block, at + k, base, v) if op.mnemonic == "vldr" else at + k, ld)
             v.replace_all_uses_with(ld.result)
         if op.writeback:
             wb = T.OPS["add"]([base], [op.results[-1].type], {"imm": 4 * n}, origin=op)
@@ -458,6 +470,22 @@ class _Allocator:
             r.uses.clear()
         block.erase(op)
         self.ops = block.ops
+
+    def _late(self, block: Block, at: int, base: Value, v: Value) -> int:
+        """Where a word of a split D register load may go: just before the first use of `v`, so
+        that it takes a register only from there; not past a label, branch, IT block, a store
+        other than a spill or a write to the base's register."""
+        users = {id(u) for u, _ in v.uses}
+        i = at
+        while i < len(block.ops) and id(block.ops[i]) not in users:
+            o = block.ops[i]
+            spill = o.name in ("thumb.vstr", "thumb.str") and o.operands[1] is self.sp_value
+            if not isinstance(o, self.T.ThumbOp) or o.cond is not None \
+                    or o.mnemonic.split(".")[0] in _NOT_PAST and not spill \
+                    or any(r.type == base.type and r.type.num is not None for r in o.results):
+                break
+            i += 1
+        return i
 
     def assign_list(self, group: list[Value], mask: dict, occ: dict, owners: dict, assign: dict) -> bool:
         kind = "s" if self.is_sreg(group[0]) else "r"
