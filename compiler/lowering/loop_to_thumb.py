@@ -85,6 +85,7 @@ ACC_POOL = tuple(range(16, 32))
 WINDOW = 1024                                   # VLDR/VSTR reach [rn, #0..1020]
 PEEL_OPS = 120                                  # bound on the ops of a reduction step copied by peeling
 SEQ_UNROLL = 4                                  # most copies of a tile's reduction step per iteration
+REST_TRIPS = 5                                  # fewest steps unrolled by 2 with one left after the loop
 STEP_OPS = 160                                  # bound on the ops of an iteration unrolled past 2 steps
 FLAT_MACS = 128                                 # bound on the MACs of a fully unrolled tile reduction
 UNROLL_MIN_MACS = 256                           # automatic unrolling only for nests doing this much
@@ -666,7 +667,9 @@ class _Lowering:
         """Unroll a register-blocked tile's reduction loop (each input feeds several accumulators)
         by the largest of SEQ_UNROLL..2 that divides its trip count: the copies go one after the
         other, each with its own load runs (`copy_of`: one copy's inputs live at a time), and the
-        loop control is paid once per copies."""
+        loop control is paid once per copies. A loop queued with at most 2 (a jammed reduction
+        after its peeled first step) whose trip count is odd, from REST_TRIPS steps on, runs 2
+        steps per iteration and its last step after the loop."""
         from ml4f.compiler.transforms.loop_passes import unroll
         L = self.L
         for f, most in self.step_loops:
@@ -675,18 +678,23 @@ class _Lowering:
             n = len(f.body.block.ops)
             u = next((u for u in range(most, 1, -1)
                       if f.trip_count % u == 0 and (u == 2 or u * n <= STEP_OPS)), 1)
+            if u < 2 and most == 2 and f.trip_count >= REST_TRIPS:
+                u = 2   # a loop left odd by its peeled first step: the last step after it
             if u < 2:
                 continue
             made = unroll(f, u)
             copies = made[0].body.block.ops if isinstance(made[0], L.For) else made
             for i, op in enumerate(copies):
                 self.copy_of[id(op)] = (i // n, op)
+            for i, op in enumerate(made[1:] if isinstance(made[0], L.For) else []):
+                self.copy_of[id(op)] = (u + i // n, op)
         self.step_loops = []
 
     def _peel_first_steps(self, k: Operation) -> None:
         """Run the first iteration of a tile's reduction loop before the loop, so that each of
         its accumulators starts as init + first product (`_first_write`: one VADD) instead of a
-        VMOV of the initial value plus a VADD per product."""
+        VMOV of the initial value plus a VADD per product. A jammed reduction left long enough
+        is queued for `_unroll_steps`, 2 steps per iteration."""
         from ml4f.compiler.transforms.loop_passes import Cloner
         L = self.L
         for f in [f for f in k.walk() if isinstance(f, L.For)]:
@@ -712,6 +720,13 @@ class _Lowering:
                 block.insert_before(f, op)
             f.attributes["lb"] = f.lb + f.step
             self.flat_blocks.add(id(block))
+            around = set(self._enclosing(f))
+            runs = math.prod(o.trip_count for o in k.walk() if id(o) in around)
+            if all(g is not f for g, _ in self.step_loops) and (f.trip_count // 2) * runs >= 2 * len(ops):
+                # a jammed reduction (steps of several channels) that runs long: two steps per
+                # iteration halve its loop control, when that saves (4 cycles an iteration) at
+                # least a cycle per byte of the copies (about 8 bytes an op)
+                self.step_loops.append((f, 2))
 
     def _unroll_max_windows(self, k: Operation) -> None:
         """Unroll small pooling windows (loops of acc_max, at most 4 iterations and 64 updates) fully:
