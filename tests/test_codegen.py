@@ -393,12 +393,15 @@ def test_pooling_window_starts_from_first_tap() -> None:
 
 def test_flat_tile_needs_no_accumulator_moves() -> None:
     """A 1x1 convolution over 8 channels: the reduction of a 4x4 tile is unrolled, and each
-    accumulator starts as bias + its first product (one VADD), without a VMOV from the bias."""
+    accumulator starts as bias + its first product (one VADD), without a VMOV from the bias.
+    Each position's inputs load in pairs of channels, D registers at offsets from one pointer
+    (4 pairs x 3 positions besides the first), and nothing is spilled."""
     case = Case("pointwise", (1, 6, 6, 8), conv(L.Conv2D, (1, 1), 8, activation="relu"))
     ok, err, _ = run_case(case)
     assert ok, f"max |err| {err}"
     asm = _kernel_asm(compile_module(case.module())[0], "conv")
     assert not re.search(r"vmov\.f32 s(1[6-9]|2\d|3[01]), s\d+\n", asm), asm
+    assert len(re.findall(r"vldr d\d+, \[r\d+, #\d+\]", asm)) >= 12 and "[sp" not in asm, asm
 
 
 def test_dense_blocks_sixteen_outputs() -> None:

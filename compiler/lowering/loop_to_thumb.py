@@ -550,7 +550,7 @@ class _Lowering:
                     any(isinstance(o, L.Acc) for o in f.parent.ops):
                 # a short reduction of a whole tile (a 1x1 convolution over few channels): no
                 # loop control, and the accumulators start from the first products
-                # (`_first_write`); inputs are loaded one by one there, to keep registers free
+                # (`_first_write`); inputs are loaded in pairs there, to keep registers free
                 self.flat_blocks.add(id(f.parent))
                 unroll(f, f.trip_count)
                 continue
@@ -1060,9 +1060,10 @@ class _Lowering:
                 limit = 16 if loads[0][1] < 0 else 8   # initial values go straight into accumulators
             if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf) \
                     and id(loads[0][2]) not in self.copy_of:
-                # inputs of every step of a flattened tile: one register each, briefly (a copied
-                # step's inputs form runs of their own: `copy_of`), unless the tile is small
-                limit = 1 if busy > 8 else 16
+                # inputs of every step of a flattened tile: pairs (a D register load each; the
+                # allocator splits a pair whose second word would wait too long), unless the tile
+                # is small (a copied step's inputs form runs of their own: `copy_of`)
+                limit = 2 if busy > 8 else 16
             words = sorted({w for w, _, _ in loads})
             groups: list[list[int]] = []
             for w in words:
