@@ -322,18 +322,22 @@ def test_relu6_clamps_on_the_bits(f16: bool) -> None:
     assert "vcmp" not in asm and re.search(r"it gt\n\s+movgt r\d+, r\d+\n\s+str r\d+", asm), asm
 
 
+@pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_depthwise_over_channel_major_input(stride: int) -> None:
+def test_depthwise_over_channel_major_input(stride: int, f16: bool) -> None:
     """A depthwise convolution after a convolution reads its input channel-major: a tile of 8
     positions of one channel (4 with stride 2) loads each of its 3 input rows (10 words; 9 with
     stride 2) with one VLDM and its 9 weights, laid out by channel, with VLDMs too, so its main
-    loop has no VLDR and nothing spilled."""
+    loop has no VLDR and nothing spilled. In f16 the 9 weights and a zero after them are 5 words
+    (every channel starts on a word), loaded with VLDMs and widened: the only halfword load is
+    the bias."""
     case = Case("cmdw", (1, 12, 20, 3), lambda b, x, w: conv(
         L.DepthwiseConv2D, (3, 3), activation="relu", strides=[stride, stride])(
-        b, conv(L.Conv2D, (3, 3), 4, activation="relu")(b, x, w), w))
+        b, conv(L.Conv2D, (3, 3), 4, activation="relu")(b, x, w), w), f16=f16)
     ok, err, _ = run_case(case)
     assert ok, f"max |err| {err}"
-    res, func, _, _ = compile_module(case.module())
+    pipeline = PIPELINE.replace("lower-to-loops", "convert-weights{type=f16},lower-to-loops") if f16 else PIPELINE
+    res, func, _, _ = compile_module(case.module(), pipeline)
     assert [a.channel_major for a in func.allocs if a.input < 0] == [True, False]
     asm = _kernel_asm(res, "dw")
     _, main = _main_loop(asm)
@@ -341,6 +345,8 @@ def test_depthwise_over_channel_major_input(stride: int) -> None:
     assert main.count("vmul.f32") == positions * 9
     assert len(re.findall(rf"vldm r\d+!?, \{{s\d+(?:, s\d+){{{row - 1}}}\}}", main)) == 3, main
     assert "vldr" not in main and "sp" not in main, main
+    if f16:
+        assert main.count("ldrh") == 1 and main.count("vcvt") == 10, main
 
 
 @pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])

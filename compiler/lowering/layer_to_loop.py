@@ -32,7 +32,7 @@ import numpy as np
 from ml4f.compiler.context import Context
 from ml4f.compiler.ir import Block, Module, Operation, Region, Resource, Value, unique_name
 from ml4f.compiler.passes import ModulePass, register_pass
-from ml4f.compiler.types import FloatType, TensorType, Type, f32, i32, index
+from ml4f.compiler.types import FloatType, TensorType, Type, f16, f32, i32, index
 
 # ----------------------------------------------------------------------------- affine indices
 
@@ -651,8 +651,9 @@ def lower_conv(low: LayerLowering) -> None:
     if op.depthwise:
         m = op.depth_multiplier
         if by_channel:
-            k3 = TensorBuf(k.value, (c_in * m, *win.k_hw))
-            w_at = lambda ch, ky, kx: k3.at(ch, ky, kx)
+            k3 = TensorBuf(k.value, k.shape)
+            kw = win.k_hw[1]
+            w_at = lambda ch, ky, kx: k3.at(ch, ky * kw + kx)
         else:
             k3 = TensorBuf(k.value, (*win.k_hw, c_in * m))
             w_at = lambda ch, ky, kx: k3.at(ky, kx, ch)
@@ -682,11 +683,17 @@ def lower_conv(low: LayerLowering) -> None:
 
 
 def _channels_first(res: Resource) -> Resource:
-    """A depthwise kernel (window..., C*m) as (C*m, window...): each channel's taps consecutive."""
+    """A depthwise kernel (window..., C*m) as (C*m, taps): each channel's taps consecutive. In f16
+    an odd number of taps gets a zero after them, so that every channel starts on a word and its
+    taps load as words (two halves each) rather than one LDRH + VMOV per tap."""
     shape = res.type.shape
-    axes = (len(shape) - 1, *range(len(shape) - 1))
-    return Resource(res.name + ".by_channel", TensorType(tuple(shape[a] for a in axes), res.type.elem),
-                    None if res.data is None else np.transpose(res.data, axes))
+    taps = math.prod(shape[:-1])
+    pad = taps % 2 if res.type.elem == f16 else 0
+    data = None
+    if res.data is not None:
+        data = np.asarray(res.data).reshape(taps, shape[-1]).T
+        data = np.concatenate([data, np.zeros((shape[-1], pad), data.dtype)], axis=1)
+    return Resource(res.name + ".by_channel", TensorType((shape[-1], taps + pad), res.type.elem), data)
 
 
 def lower_pool(low: LayerLowering) -> None:

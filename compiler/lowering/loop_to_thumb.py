@@ -1006,12 +1006,14 @@ class _Lowering:
             self.emit("vadd.f32", [a, prod], [acc.type])
             self.src = src
 
-    def _aligned(self, c: PtrClass) -> bool:
-        """Whether pointer `c` stays 4-aligned (so f16 pairs can be loaded as words)."""
+    def _aligned(self, c: PtrClass, op: Operation) -> bool:
+        """Whether pointer `c` is 4-aligned at access `op` (so f16 pairs can be loaded as words):
+        the loops around `op` move it by whole words (those of sibling nests rewind it)."""
         esize = self.bufs[c.buf].esize
         loops = self.loop_of_iv
+        around = set(self._enclosing(op))
         return all((s * loops[iv].step * esize) % 4 == 0 and (s * loops[iv].lb * esize) % 4 == 0
-                   for iv, s in c.terms.items())
+                   for iv, s in c.terms.items() if id(loops[iv]) in around)
 
     def _runs(self, block: Block) -> list[_Run]:
         """Runs of loads of this block from consecutive words off one pointer: f32 words, or f16
@@ -1028,7 +1030,7 @@ class _Lowering:
             key = (id(c), self.copy_of.get(id(op), (0,))[0])
             if elem == f32:
                 by_class.setdefault(key, []).append((rel, -1, op))
-            elif elem == f16 and self._aligned(c):
+            elif elem == f16 and self._aligned(c, op):
                 by_class.setdefault(key, []).append((rel - rel % 4, (rel % 4) // 2, op))
         runs: list[_Run] = []
         # accumulators live around this block, and those it starts (a peeled first step)
