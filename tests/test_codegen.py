@@ -183,12 +183,27 @@ def test_unplanned_function_is_refused() -> None:
 @pytest.mark.parametrize("registers", [3, 4, 6])
 def test_addresses_computed_when_registers_run_out(registers: int) -> None:
     """When counters and pointers need more core registers than allowed, the pointers whose
-    accesses are least nested get their addresses from the loop counters (MOVW + MLA)."""
+    accesses run least often get their addresses from the loop counters (MOVW + MLA)."""
     case = Case("conv_same_pressure", (1, 7, 6, 8), conv(L.Conv2D, (3, 3), 8, padding="same", strides=[1, 2]))
     ok, err, _ = run_case(case, loop_registers=registers)
     assert ok, f"max |err| {err}"
     res = compile_module(case.module(), loop_registers=registers)[0]
     assert "mla" in res.asm
+
+
+def test_hot_loop_keeps_its_pointers_when_borders_need_more() -> None:
+    """A stride-2 'same' depthwise convolution over channel-major input: its border nests need
+    more core registers than there are, so some pointer's address is computed from the loop
+    counters; it is one of the borders', not the weights pointer its interior shares with them
+    (whose main loop then has no MLA)."""
+    case = Case("dwsame", (1, 16, 16, 3), lambda b, x, w: conv(
+        L.DepthwiseConv2D, (3, 3), activation="relu", strides=[2, 2], padding="same")(
+        b, conv(L.Conv2D, (1, 1), 16, activation="relu")(b, x, w), w))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    asm = _kernel_asm(compile_module(case.module())[0], "dw")
+    _, main = _main_loop(asm)
+    assert "mla" in asm and "mla" not in main, main
 
 
 def test_layer_labels_are_unique_symbols() -> None:

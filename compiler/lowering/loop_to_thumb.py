@@ -806,13 +806,16 @@ class _Lowering:
             mine = {id(self.loop_of_iv[iv]) for iv in c.terms}
             c.homes = {id(self.loop_of_iv[iv]) for iv in c.terms
                        if not mine & set(self._enclosing(self.loop_of_iv[iv]))}
-        depth = {}
+        loops = [f for f in k.walk() if isinstance(f, L.For) and f.trip_count > 0]
+        by_id = {id(f): f for f in loops}
+        # how often each class's accesses run: the pointer computed at each access is the one
+        # that costs least (not one shared with the kernel's hot interior)
+        runs: dict[int, int] = {}
         for op in k.walk():
             if id(op) in self.class_of:
                 c = self.class_of[id(op)]
-                depth[id(c)] = max(depth.get(id(c), 0), len(self._enclosing(op)))
-        loops = [f for f in k.walk() if isinstance(f, L.For) and f.trip_count > 0]
-        by_id = {id(f): f for f in loops}
+                runs[id(c)] = runs.get(id(c), 0) + math.prod(
+                    by_id[f].trip_count for f in self._enclosing(op) if f in by_id)
         limit = len(self.core_pool) - (1 if len(self.core_pool) > 8 else 0)
         if self.loop_registers:
             limit = min(limit, self.loop_registers)
@@ -826,7 +829,7 @@ class _Lowering:
                     worst, live = counters + len(here), here
             if worst <= limit or not live:
                 return
-            self.computed.add(min(live, key=lambda c: depth.get(id(c), 0)))
+            self.computed.add(min(live, key=lambda c: runs.get(id(c), 0)))
 
     def computed_address(self, op: Operation) -> tuple[Value, int]:
         """(register, offset) for an access whose pointer is not kept in a register: the address
