@@ -451,6 +451,29 @@ def test_dense_blocks_sixteen_outputs() -> None:
     assert "vldr" not in asm.split("bne")[0].split("\nL")[-1]     # the loop body loads only with VLDM
 
 
+def test_dense_blocks_f16_weights_in_runs_of_eight_words() -> None:
+    """With f16 weights, a dense block of 16 outputs takes 4 inputs per step (one VLDM of 4), two
+    steps per iteration, and each input's 16 weights are one VLDM of 8 words with writeback. A
+    word is widened (VCVTB + VCVTT) where its weights are first used, so a run holds 8 registers,
+    not 16, and nothing is spilled."""
+    case = Case("dense16h", (1, 64), lambda b, x, w: b.add(L.Dense, x, name="fc", kernel=w(16, 64),
+                                                              bias=w(16)), f16=True)
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    pipeline = PIPELINE.replace("lower-to-loops", "convert-weights{type=f16},lower-to-loops")
+    asm = _kernel_asm(compile_module(case.module(), pipeline)[0], "fc")
+    body = re.findall(r"\nL\d+_k_fc:\n(.*?)\n    bne", asm, re.S)
+    assert len(body) == 1 and "sp" not in asm, asm
+    words8 = re.findall(r"vldm r\d+!, {s\d+(?:, s\d+){7}}", body[0])
+    inputs4 = re.findall(r"vldm r\d+!, {s\d+(?:, s\d+){3}}\n", body[0])
+    assert len(words8) == 8 and len(inputs4) == 2 and body[0].count("vcvt") == 8 * 16, body[0]
+    # each widened weight waits for no VCVT: the next instruction never reads the VCVT's result
+    lines = body[0].split("\n")
+    for a, b in zip(lines, lines[1:]):
+        if a.strip().startswith("vcvt"):
+            assert re.findall(r"\bs\d+\b", a)[0] not in re.findall(r"\bs\d+\b", b)[1:], (a, b)
+
+
 def test_small_dense_layer_is_unrolled() -> None:
     """A dense layer of 4 outputs over 16 inputs (64 MACs, the kernel's only reduction) still has
     its input loop unrolled, so inputs and weights load in VLDMs, and its bias goes into the

@@ -390,6 +390,8 @@ class _Lowering:
         self.flat_blocks: set[int] = set()      # tile blocks whose reduction loop was unrolled fully
         self.copy_of: dict[int, tuple[int, Operation]] = {}   # id(op) -> (its copy, op) in a loop
                                                               # unrolled copy by copy
+        # f16 loads not yet widened: id(load result) -> (word, half, the word's loads by half)
+        self.halves_of: dict[int, tuple[Value, int, dict[int, list[int]]]] = {}
         self.step_loops: list[tuple[Operation, int]] = []   # loops `_unroll_steps` unrolls, at most by
         self.pending_stores: list[tuple[Value, Value, int]] = []   # (S register, base, offset)
         self.loaded_first: set[int] = set()     # acc_max ops whose value was loaded into the acc
@@ -574,8 +576,15 @@ class _Lowering:
                 self.step_loops.append((f, SEQ_UNROLL))   # unrolled after peeling (`_unroll_steps`)
                 continue
             if xs == 1 and self.unroll == 0 and 4 < accs <= 16:
-                # a dense block of up to 16 outputs: 8 inputs (one VLDM) and one run of 8 weights live
-                u = 8
+                # a dense block of up to 16 outputs: 8 inputs (one VLDM) and one run of 8 weights
+                # live; with f16 weights 4 inputs, so that a run of 8 words (16 weights) fits
+                f16_weights = any(isinstance(o.b.op, L.Load) and o.b.op.buffer.type.elem == f16 for o in fmas)
+                u = 4 if f16_weights else 8
+                if f16_weights and f.trip_count >= 4 * u:
+                    # two such steps per iteration, one after the other (`_unroll_steps`)
+                    made = unroll(f, u)
+                    self.step_loops.append((made[0], 2))
+                    continue
             if u > 1:
                 unroll(f, u)
 
@@ -1059,8 +1068,8 @@ class _Lowering:
         for loads in by_class.values():
             c = self.class_of[id(loads[0][2])]
             limit = longest
-            if loads[0][1] >= 0 and busy + 2 * longest + inputs + 2 > len(ACC_POOL) * 2:
-                limit = max(1, longest // 2)   # f16: a word widens into two registers
+            if loads[0][1] >= 0 and busy + longest + inputs + 2 > len(ACC_POOL) * 2:
+                limit = max(1, longest // 2)   # f16: a word's halves widen at their first use
             if all(self._feeds_init(op) for _, _, op in loads):
                 limit = 16 if loads[0][1] < 0 else 8   # initial values go straight into accumulators
             if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf) \
@@ -1125,8 +1134,9 @@ class _Lowering:
 
     def emit_run(self, run: _Run) -> None:
         """Load a run of consecutive words: VLDM (writing the pointer back when that is the bump
-        the loop needs anyway) or VLDR; f16 halves are then widened with VCVTB/VCVTT."""
-        if id(run.loads[0][0].result) in self.vals:
+        the loop needs anyway) or VLDR; f16 halves are widened with VCVTB/VCVTT where their word
+        is first used (`val`), or at once when they go straight into accumulators."""
+        if id(run.loads[0][0].result) in self.vals or id(run.loads[0][0].result) in self.halves_of:
             return
         c = run.cls
         n = len(run.words)
@@ -1166,12 +1176,19 @@ class _Lowering:
         halves: dict[tuple[int, int], Value] = {}
         # f16 initial values of accumulators: each half widened straight into its accumulator
         accs = self._init_accs(run) if run.loads and all(h >= 0 for _, _, h in run.loads) else None
-        to = iter(self._take_init_accs(accs) if accs and len({(k, h) for _, k, h in run.loads}) == len(accs)
-                  else [None] * len(run.loads))
-        for ld, k, h in run.loads:
-            n = next(to)
+        targets = (self._take_init_accs(accs) if accs and len({(k, h) for _, k, h in run.loads}) == len(accs)
+                   else [None] * len(run.loads))
+        lazy = all(n is None for n in targets)
+        shared: dict[int, dict[int, list[int]]] = {}
+        for (ld, k, h), n in zip(run.loads, targets):
             if h < 0:
                 self.vals[id(ld.result)] = words[k]
+                continue
+            if lazy:
+                # widened at the first use of the word (both halves, so that neither product
+                # waits on its VCVT): a run of words then holds one register per word, not two
+                self.halves_of[id(ld.result)] = (words[k], h, shared.setdefault(k, {}))
+                shared[k].setdefault(h, []).append(id(ld.result))
                 continue
             if (k, h) not in halves:
                 mn = "vcvtt.f32.f16" if h else "vcvtb.f32.f16"
@@ -1289,8 +1306,14 @@ class _Lowering:
             self.vals[id(v)] = self.emit1("vmov", [self.clamp_bits(v)], self.sreg())
         if id(v) in self.const_ops:
             return self.constant(v)
-        if id(v) not in self.vals and id(v) in self.run_of:
+        if id(v) not in self.vals and id(v) not in self.halves_of and id(v) in self.run_of:
             self.emit_run(self.run_of[id(v)])
+        if id(v) in self.halves_of and id(v) not in self.vals:
+            word, h, by_half = self.halves_of[id(v)]
+            for half in sorted(by_half, key=lambda x: x != h):
+                wide = self.emit1("vcvtt.f32.f16" if half else "vcvtb.f32.f16", [word], self.sreg())
+                for i in by_half[half]:
+                    self.vals[i] = wide
         t = self.vals.get(id(v))
         if t is None:
             raise self.src.error(f"uses {v.name_hint or 'a value'} that has no register")
@@ -1551,7 +1574,8 @@ class _Lowering:
             # the VLDM of its initial value went straight into its register (`_acc_inits`)
             self.vals[id(op.result)] = self.val(op.init)
             return
-        if id(op.init) in self.run_of and id(op.init) not in self.vals and self._first_write(op) is None:
+        if id(op.init) in self.run_of and id(op.init) not in self.vals and id(op.init) not in self.halves_of \
+                and self._first_write(op) is None:
             self.val(op.init)   # its run may load straight into this and its neighbours' registers
             if id(op) in self.loaded_init:
                 self.vals[id(op.result)] = self.val(op.init)
