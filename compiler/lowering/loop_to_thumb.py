@@ -1068,8 +1068,11 @@ class _Lowering:
         for loads in by_class.values():
             c = self.class_of[id(loads[0][2])]
             limit = longest
-            if loads[0][1] >= 0 and busy + longest + inputs + 2 > len(ACC_POOL) * 2:
-                limit = max(1, longest // 2)   # f16: a word's halves widen at their first use
+            # f16: a word widens into two registers where it is first used, so a run counts its
+            # words; with at most 4 accumulators two runs are live at a time
+            words_live = 2 * longest if busy <= 4 else longest
+            if loads[0][1] >= 0 and busy + words_live + inputs + 2 > len(ACC_POOL) * 2:
+                limit = max(1, longest // 2)
             if all(self._feeds_init(op) for _, _, op in loads):
                 limit = 16 if loads[0][1] < 0 else 8   # initial values go straight into accumulators
             if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf) \
