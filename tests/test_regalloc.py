@@ -101,6 +101,28 @@ def test_d_register_loads_take_even_pairs_or_split(n: int) -> None:
         assert len(pairs) < (n - 1) // 2 and res.spills == 0
 
 
+def test_vldm_lists_past_the_registers_are_split() -> None:
+    """Ten VLDMs of 4 registers, all live before the adds: 40 values in lists, which are never
+    spilled. When a partial sum finds every register held by a list, the longest-lived list is
+    loaded register by register (then spilled as needed) instead of failing; the sum is NumPy's."""
+    n = 40
+    lines = ["thumb.func @f {", "  %arg = thumb.get_register : !thumb.reg<r1>",
+             "  %lr = thumb.get_register : !thumb.reg<lr>", "  %a = thumb.mov %arg : !thumb.reg"]
+    for i in range(0, n, 4):
+        lines.append(f"  %b{i} = thumb.add %a {{imm = {4 * i}}} : !thumb.reg")
+        lines.append(f"  %x{i}, %x{i + 1}, %x{i + 2}, %x{i + 3} = thumb.vldm %b{i} : "
+                     "!thumb.sreg, !thumb.sreg, !thumb.sreg, !thumb.sreg")
+    acc = "%x0"
+    for i in range(1, n):
+        lines.append(f"  %s{i} = thumb.vadd.f32 {acc}, %x{i} : !thumb.sreg")
+        acc = f"%s{i}"
+    lines += [f"  thumb.vstr {acc}, %a {{offset = {4 * n}}}", "  thumb.bx %lr", "}"]
+    x = np.random.default_rng(n).normal(size=n).astype(np.float32)
+    out, res, asm = run("\n".join(lines) + "\n", np.concatenate([x, np.zeros(2, np.float32)]))
+    assert np.frombuffer(out, np.float32)[n] == _ordered_sum(x)
+    assert res.spills > 0 and 0 < asm.count("vldm") < n // 4
+
+
 @pytest.mark.parametrize("core", [3, 10, 14, 20])
 def test_many_live_core_values(core: int) -> None:
     rng = np.random.default_rng(core)

@@ -388,11 +388,11 @@ class _Allocator:
                                and id(w) not in lists]
                 cands = [w for w in cands if id(w) not in self.spill_temps]
                 if not cands:
-                    # every register in conflict holds part of a list, which is never spilled:
-                    # load the longest-lived one register by register instead, and start again
+                    # every register in conflict holds part of a VLDM's list, which is never
+                    # spilled: load the longest-lived one register by register, and start again
                     held = [lists[id(w)] for n in order for w in owners.get((kind, n), [])
                             if mask[id(w)] & m and id(w) in lists and w.op is not None
-                            and w.op.mnemonic in ("vldm", "vldr")]
+                            and w.op.mnemonic == "vldm"]
                     if held:
                         self.split_list(max(held, key=lambda g: mask[id(g[0])].bit_count()))
                         return []
