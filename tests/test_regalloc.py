@@ -101,6 +101,28 @@ def test_d_register_loads_take_even_pairs_or_split(n: int) -> None:
         assert len(pairs) < (n - 1) // 2 and res.spills == 0
 
 
+def test_split_pair_word_stays_before_a_write_back_of_its_base() -> None:
+    """A D register pair split under pressure moves its second word down to its use, but not
+    past a VLDM that writes the same base back (the register then holds the bumped address):
+    the sum still reads the right words."""
+    n = 34
+    lines = ["thumb.func @f {", "  %arg = thumb.get_register : !thumb.reg<r1>",
+             "  %lr = thumb.get_register : !thumb.reg<lr>", "  %a = thumb.mov %arg : !thumb.reg",
+             "  %lo, %hi = thumb.vldr %a {offset = 8} : !thumb.sreg, !thumb.sreg"]
+    lines += [f"  %x{i} = thumb.vldr %a {{offset = {16 + 4 * i}}} : !thumb.sreg" for i in range(n)]
+    lines += ["  %p, %q, %a2 = thumb.vldm %a {writeback = true} : !thumb.sreg, !thumb.sreg, !thumb.reg"]
+    acc = "%lo"
+    for i, v in enumerate([f"%x{i}" for i in range(n)] + ["%p", "%q", "%hi"]):
+        lines.append(f"  %s{i} = thumb.vadd.f32 {acc}, {v} : !thumb.sreg")
+        acc = f"%s{i}"
+    lines += [f"  thumb.vstr {acc}, %a2 {{offset = {4 * (n + 4) - 8}}}", "  thumb.bx %lr", "}"]
+    x = np.random.default_rng(3).normal(size=n + 4).astype(np.float32)
+    out, res, asm = run("\n".join(lines) + "\n", np.concatenate([x, np.zeros(2, np.float32)]))
+    order = np.array([x[2], *x[4:4 + n], x[0], x[1], x[3]], np.float32)
+    assert np.frombuffer(out, np.float32)[n + 4] == _ordered_sum(order)
+    assert "vldr d" not in asm and res.spills > 0
+
+
 def test_vldm_lists_past_the_registers_are_split() -> None:
     """Ten VLDMs of 4 registers, all live before the adds: 40 values in lists, which are never
     spilled. When a partial sum finds every register held by a list, the longest-lived list is

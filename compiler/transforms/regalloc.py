@@ -474,7 +474,7 @@ class _Allocator:
     def _late(self, block: Block, at: int, base: Value, v: Value) -> int:
         """Where a word of a split D register load may go: just before the first use of `v`, so
         that it takes a register only from there; not past a label, branch, IT block, a store
-        other than a spill or a write to the base's register."""
+        other than a spill, or a write to the base's register (precolored, or written back)."""
         users = {id(u) for u, _ in v.uses}
         i = at
         while i < len(block.ops) and id(block.ops[i]) not in users:
@@ -482,8 +482,9 @@ class _Allocator:
             spill = o.name in ("thumb.vstr", "thumb.str") and o.operands[1] is self.sp_value
             if not isinstance(o, self.T.ThumbOp) or o.cond is not None \
                     or o.mnemonic.split(".")[0] in _NOT_PAST and not spill \
-                    or any(r.type == base.type and r.type.num is not None for r in o.results):
-                break
+                    or any(r.type == base.type and r.type.num is not None for r in o.results) \
+                    or any(o.operands[i] is base for i, _ in o.tied()):
+                break   # (the last: a write-back of the base, `vldm rn!`, updates its register)
             i += 1
         return i
 
