@@ -479,7 +479,8 @@ class _Allocator:
         i = at
         while i < len(block.ops) and id(block.ops[i]) not in users:
             o = block.ops[i]
-            spill = o.name in ("thumb.vstr", "thumb.str") and o.operands[1] is self.sp_value
+            spill = o.name in ("thumb.vstr", "thumb.str") and o.operands[1] is self.sp_value \
+                and base is not self.sp_value
             if not isinstance(o, self.T.ThumbOp) or o.cond is not None \
                     or o.mnemonic.split(".")[0] in _NOT_PAST and not spill \
                     or any(r.type == base.type and r.type.num is not None for r in o.results) \
