@@ -484,7 +484,7 @@ class _Allocator:
             if not isinstance(o, self.T.ThumbOp) or o.cond is not None \
                     or o.mnemonic.split(".")[0] in _NOT_PAST and not spill \
                     or any(r.type == base.type and r.type.num is not None for r in o.results) \
-                    or any(o.operands[i] is base for i, _ in o.tied()):
+                    or any(o.operands[j] is base for j, _ in o.tied()):
                 break   # (the last: a write-back of the base, `vldm rn!`, updates its register)
             i += 1
         return i
