@@ -66,6 +66,7 @@ import itertools
 import math
 import re
 import struct
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -556,9 +557,7 @@ class _Lowering:
                 self.flat_blocks.add(id(f.parent))
                 unroll(f, f.trip_count)
                 continue
-            runs = f.trip_count
-            for a in self._enclosing(f):
-                runs *= next(o for o in k.walk() if id(o) == a).trip_count
+            runs = f.trip_count * self._executions(f)
             factors = (self.unroll,) if self.unroll > 1 else (8, 4, 2)
             if self.unroll == 0 and runs * len(fmas) < UNROLL_MIN_MACS:
                 if len(inner) > 1:
@@ -569,9 +568,7 @@ class _Lowering:
             accs = len({id(o.acc) for o in fmas})
             xs = len({id(o.a) for o in fmas} - {id(o.b) for o in fmas})
             u = next((u for u in factors if u * (xs + 2) <= 28 - accs), 1)
-            uses: dict[int, int] = {}
-            for o in fmas:
-                uses[id(o.a)] = uses.get(id(o.a), 0) + 1
+            uses = Counter(id(o.a) for o in fmas)
             if u == 1 and self.unroll == 0 and accs + xs <= 28 and min(uses.values()) > 1:
                 self.step_loops.append((f, SEQ_UNROLL))   # unrolled after peeling (`_unroll_steps`)
                 continue
@@ -729,9 +726,8 @@ class _Lowering:
                 block.insert_before(f, op)
             f.attributes["lb"] = f.lb + f.step
             self.flat_blocks.add(id(block))
-            around = set(self._enclosing(f))
-            runs = math.prod(o.trip_count for o in k.walk() if id(o) in around)
-            if all(g is not f for g, _ in self.step_loops) and (f.trip_count // 2) * runs >= 2 * len(ops):
+            if all(g is not f for g, _ in self.step_loops) and \
+                    (f.trip_count // 2) * self._executions(f) >= 2 * len(ops):
                 # a jammed reduction (steps of several channels) that runs long: two steps per
                 # iteration halve its loop control, when that saves (4 cycles an iteration) at
                 # least a cycle per byte of the copies (about 8 bytes an op)
@@ -819,12 +815,10 @@ class _Lowering:
         by_id = {id(f): f for f in loops}
         # how often each class's accesses run: the pointer computed at each access is the one
         # that costs least (not one shared with the kernel's hot interior)
-        runs: dict[int, int] = {}
+        runs: Counter[int] = Counter()
         for op in k.walk():
             if id(op) in self.class_of:
-                c = self.class_of[id(op)]
-                runs[id(c)] = runs.get(id(c), 0) + math.prod(
-                    by_id[f].trip_count for f in self._enclosing(op) if f in by_id)
+                runs[id(self.class_of[id(op)])] += self._executions(op)
         limit = len(self.core_pool) - (1 if len(self.core_pool) > 8 else 0)
         if self.loop_registers:
             limit = min(limit, self.loop_registers)
@@ -838,7 +832,7 @@ class _Lowering:
                     worst, live = counters + len(here), here
             if worst <= limit or not live:
                 return
-            self.computed.add(min(live, key=lambda c: runs.get(id(c), 0)))
+            self.computed.add(min(live, key=lambda c: runs[id(c)]))
 
     def computed_address(self, op: Operation) -> tuple[Value, int]:
         """(register, offset) for an access whose pointer is not kept in a register: the address
@@ -859,6 +853,15 @@ class _Lowering:
         for m, counter in terms:
             t = self.emit1("mla", [self.const_core(m), counter, t], self.reg())
         return t, rel
+
+    def _executions(self, op: Operation) -> int:
+        """How many times `op` runs per call: the product of the trip counts of the loops around it."""
+        n = 1
+        p = op.parent.parent.parent if op.parent is not None and op.parent.parent else None
+        while isinstance(p, self.L.For):
+            n *= p.trip_count
+            p = p.parent.parent.parent if p.parent is not None and p.parent.parent else None
+        return n
 
     def _enclosing(self, op: Operation) -> list[int]:
         """ids of the loop.for ops around `op`."""
@@ -938,9 +941,7 @@ class _Lowering:
         """Whether `block` is a dense layer's reduction body: each weight used once, each input
         shared by several accumulators."""
         fmas = [o for o in block.ops if isinstance(o, self.L.AccFma)]
-        uses: dict[int, int] = {}
-        for o in fmas:
-            uses[id(o.a)] = uses.get(id(o.a), 0) + 1
+        uses = Counter(id(o.a) for o in fmas)
         return bool(fmas) and len({id(o.b) for o in fmas}) == len(fmas) and min(uses.values()) > 1
 
     @staticmethod
@@ -1113,9 +1114,7 @@ class _Lowering:
             seq = ops[i:j]
             # inputs used once each (depthwise): one run of them at a time; else weights (each
             # shared by a row of accumulators) two runs at a time
-            uses: dict[int, int] = {}
-            for op in seq:
-                uses[id(op.a)] = uses.get(id(op.a), 0) + 1
+            uses = Counter(id(op.a) for op in seq)
             by_a = all(n == 1 for n in uses.values())
             order: dict[int, int] = {}
             keys = []
@@ -1163,8 +1162,8 @@ class _Lowering:
         if n == 2 and off != 0:
             # a D register: two words for 3 cycles, at an offset VLDM cannot take
             words = self.emit("vldr", [p], [self.sreg(), self.sreg()], offset=off).results
-        elif n == 1 and not wb or off != 0 and n < 3:
-            words = [self.emit1("vldr", [p], self.sreg(), offset=off + 4 * k) for k in range(n)]
+        elif n == 1 and not wb:
+            words = [self.emit1("vldr", [p], self.sreg(), offset=off)]
         else:
             base = p if off == 0 else self.add_const(p, off, self.reg())
             if wb:
