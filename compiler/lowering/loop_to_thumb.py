@@ -993,8 +993,13 @@ class _Lowering:
 
     def _flush_stores(self) -> None:
         """Emit the deferred stores of accumulators: consecutive registers to consecutive words
-        off one base go out as one VSTM (1+N cycles instead of 2N), the others as VSTR."""
-        todo = sorted(self.pending_stores, key=lambda t: (id(t[1]), t[2]))
+        off one base go out as one VSTM (1+N cycles instead of 2N), the others as VSTR. Bases
+        come in the order of their first store (not by object identity, which differs from run
+        to run: the same model must give the same bytes)."""
+        first: dict[int, int] = {}
+        for _, base, _ in self.pending_stores:
+            first.setdefault(id(base), len(first))
+        todo = sorted(self.pending_stores, key=lambda t: (first[id(t[1])], t[2]))
         self.pending_stores = []
         i = 0
         while i < len(todo):
