@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -158,8 +159,8 @@ class RandomModel:
             x = self.b.add(L.Softmax, x, name="softmax")
         return x
 
-    LAYERS: list[Callable[[RandomModel, Value, int], Value]] = [
-        conv, conv, conv, depthwise, depthwise, pool, unary, batch_norm, residual, concat]
+    LAYERS: ClassVar[tuple[Callable[[RandomModel, Value, int], Value], ...]] = (
+        conv, conv, conv, depthwise, depthwise, pool, unary, batch_norm, residual, concat)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
