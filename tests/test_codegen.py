@@ -191,6 +191,21 @@ def test_addresses_computed_when_registers_run_out(registers: int) -> None:
     assert "mla" in res.asm
 
 
+@pytest.mark.parametrize("registers", [3, 4])
+def test_computed_address_serves_a_whole_tile(registers: int) -> None:
+    """A tile's stores through a pointer computed from the loop counters compute it once (a
+    further channel's address is one ADD away), not once per store: a straight-line stretch
+    of code with the tile's 8 stores has no more MLAs than there are loops around them (4)."""
+    case = Case("first_conv", (1, 21, 21, 3), conv(L.Conv2D, (3, 3), 8, strides=[2, 2], activation="relu"))
+    ok, err, _ = run_case(case, loop_registers=registers)
+    assert ok, f"max |err| {err}"
+    asm = compile_module(case.module(), loop_registers=registers)[0].asm
+    stretches = re.split(r"^\S+:$|^\s+b(?:ne|eq|lt|ge|gt|le|x)?\s.*$", asm, flags=re.MULTILINE)
+    tiles = [s for s in stretches if len(re.findall(r"^\s+str\s", s, re.MULTILINE)) >= 8]
+    assert tiles and all("mla" in s for s in tiles)
+    assert max(s.count("mla") for s in tiles) <= 4, max(tiles, key=lambda s: s.count("mla"))
+
+
 def test_hot_loop_keeps_its_pointers_when_borders_need_more() -> None:
     """A stride-2 'same' depthwise convolution over channel-major input: its border nests need
     more core registers than there are, so some pointer's address is computed from the loop

@@ -383,6 +383,8 @@ class _Lowering:
         self.computed: set[PtrClass] = set()
         self.counter_of: dict[int, Value] = {}
         self.const_scopes: list[dict[Any, Value]] = []
+        # computed addresses of this block's straight-line code: (buf, terms) -> (register, const)
+        self.computed_scopes: list[dict[Any, tuple[Value, int]]] = []
         self.pending_fma: list[tuple[Operation, Value]] = []
         self.block_loop: Operation | None = None
         self.fresh: dict[int, Value] = {}       # id(acc) -> its init, for an acc not yet written
@@ -836,7 +838,9 @@ class _Lowering:
 
     def computed_address(self, op: Operation) -> tuple[Value, int]:
         """(register, offset) for an access whose pointer is not kept in a register: the address
-        from the loop counters, iv = lb + (n - counter) * step, with MOVW + MLA per loop."""
+        from the loop counters, iv = lb + (n - counter) * step, with MOVW + MLA per loop. The
+        counters do not change within a block's straight-line code, so there one computation
+        serves every access with the same terms: the same address, or another by an ADD."""
         key, rel = self._key(op)
         buf = self.bufs[key.buf]
         const = buf.offset + key.window * WINDOW
@@ -849,9 +853,18 @@ class _Lowering:
             else:
                 const += s * (f.lb + n * f.step) * buf.esize
                 terms.append((-s * f.step * buf.esize, self.counter_of[id(f)]))
-        t = self.add_const(buf.base, const, self.reg())
-        for m, counter in terms:
-            t = self.emit1("mla", [self.const_core(m), counter, t], self.reg())
+        scope = self.computed_scopes[-1] if self.computed_scopes else {}
+        same = (key.buf, tuple((m, id(counter)) for m, counter in terms))
+        if same in scope:
+            t, known = scope[same]
+            if known == const:
+                return t, rel
+            t = self.add_const(t, const - known, self.reg())
+        else:
+            t = self.add_const(buf.base, const, self.reg())
+            for m, counter in terms:
+                t = self.emit1("mla", [self.const_core(m), counter, t], self.reg())
+        scope[same] = (t, const)
         return t, rel
 
     def _executions(self, op: Operation) -> int:
@@ -958,6 +971,9 @@ class _Lowering:
         self.pending_fma = []
         self.const_scopes.append({})
         self.block_loop = block.parent.parent if block.parent is not None else None
+        # (a loop of one iteration is straight-line code: it shares its parent's addresses)
+        once = isinstance(self.block_loop, L.For) and self.block_loop.trip_count == 1
+        self.computed_scopes.append(self.computed_scopes[-1] if once and self.computed_scopes else {})
         runs = self._runs(block)
         # deferred loads are emitted at their first use, so they do not separate acc_fma ops
         ops = self._reorder_fmas([op for op in block.ops if not (isinstance(op, L.Load)
@@ -981,6 +997,9 @@ class _Lowering:
                     for v in inner:
                         if v in self.const_ops and not self._only_skipped_init(self.const_ops[v].result):
                             self.constant(self.const_ops[v].result)
+            if isinstance(op, L.For) and op.trip_count > 1:
+                # (an address kept across the loop would hold a register all through it)
+                self.computed_scopes[-1].clear()
             self.lower_op(op)
             if isinstance(op, L.AccFma):
                 self._drain_fma(1)
@@ -989,6 +1008,7 @@ class _Lowering:
         self._drain_fma(0)
         self._flush_stores()
         self.const_scopes.pop()
+        self.computed_scopes.pop()
         self.pending_fma, self.block_loop = outer
 
     def _flush_stores(self) -> None:
