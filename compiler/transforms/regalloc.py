@@ -248,6 +248,7 @@ class _Allocator:
             raise self.func.error("register allocation did not converge")
         self.drop_self_moves()
         self.share_slots()
+        self.drop_repeated_reloads()
         self.prologue()
         return self.result
 
@@ -307,6 +308,47 @@ class _Allocator:
             if type(a.type) is type(r.type) and a.type.num is not None and a.type.num == r.type.num:
                 r.replace_all_uses_with(a)
                 block.erase(op)
+
+    def drop_repeated_reloads(self) -> None:
+        """Erase a reload of a spill slot into a register that already holds that slot's value:
+        spilling reloads before every use, and straight-line code (a nest's setup between loops)
+        often reads one spilled base several times. What a register holds is known from its last
+        reload from or store to the slot, up to a label (another path may enter there), a call,
+        a write to the register or a store to the slot."""
+        T = self.T
+        sp = self.sp_value
+        if sp is None:
+            return
+        block = self.func.body.block
+        holds: dict[tuple[bool, int], tuple[int, Value]] = {}   # register -> (slot, value in it)
+
+        def reg(v: Value) -> tuple[bool, int]:
+            return self.is_sreg(v), v.type.num
+
+        for op in list(block.ops):
+            if isinstance(op, T.LabelOp) or not isinstance(op, T.ThumbOp) or op.mnemonic in ("bl", "blx"):
+                holds.clear()
+                continue
+            if op.name in ("thumb.ldr", "thumb.vldr") and op.operands == [sp] and len(op.results) == 1 \
+                    and op.cond is None and op.mode == "offset" and not op.writeback:
+                r = reg(op.results[0])
+                known = holds.get(r)
+                if known is not None and known[0] == op.offset:
+                    op.results[0].replace_all_uses_with(known[1])
+                    block.erase(op)
+                    continue
+                holds[r] = (op.offset, op.results[0])
+                continue
+            for v in op.results:
+                holds.pop(reg(v), None)
+            if op.name in ("thumb.str", "thumb.vstr") and len(op.operands) == 2 and op.operands[1] is sp:
+                for r in [r for r, (slot, _) in holds.items() if slot == op.offset]:
+                    del holds[r]
+                if op.cond is None and op.mode == "offset" and not op.writeback:
+                    holds[reg(op.operands[0])] = (op.offset, op.operands[0])
+            elif any(v is sp for v in op.operands) and op.mnemonic not in ("ldr", "vldr", "vldm", "ldm"):
+                holds.clear()   # another write through sp (none expected): forget everything
+        self.ops = block.ops
 
     def values(self) -> list[Value]:
         """The virtual values to allocate (one per tied group)."""
