@@ -32,15 +32,14 @@ from typing import Any, ClassVar
 from ml4f.compiler.context import Context
 from ml4f.compiler.ir import Block, Module, Operation, Value
 from ml4f.compiler.passes import ModulePass, register_pass
+from ml4f.dialects.thumb.ops import BRANCHES, CALLS, STACK_OPS, STORES
 
 CORE_ORDER = (0, 1, 2, 3, 12, 4, 5, 6, 7, 8, 9, 10, 11)
 S_ORDER = tuple(range(32))
 CALLER_SAVED_CORE = (0, 1, 2, 3, 12, 14)
 CALLER_SAVED_S = tuple(range(16))
-BRANCHES = {"b", "bx", "cbz", "cbnz"}
 # Ops a load is not moved past (`_late`): control flow, IT blocks and memory writes.
-_NOT_PAST = BRANCHES | {"bl", "blx", "it", "str", "strb", "strh", "strd", "stm", "stmdb", "push", "vstr",
-                        "vstm", "vstmdb", "vpush", "vpop", "pop"}
+_NOT_PAST = BRANCHES | CALLS | STACK_OPS | STORES | {"it"}
 SP, LR, PC = 13, 14, 15
 
 

@@ -42,21 +42,29 @@ from ml4f.compiler.context import Context
 from ml4f.compiler.ir import Block, Module, Operation, Value
 from ml4f.compiler.passes import ModulePass, register_pass
 from ml4f.dialects.thumb.encodings import FORMS
-from ml4f.dialects.thumb.ops import Func, GetRegister, It, LabelOp, ThumbOp
+from ml4f.dialects.thumb.ops import (
+    BRANCHES,
+    CALLS,
+    CORE_LOADS,
+    CORE_STORES,
+    MULTI_LOADS,
+    MULTI_STORES,
+    STACK_OPS,
+    Func,
+    GetRegister,
+    It,
+    LabelOp,
+    ThumbOp,
+)
 from ml4f.dialects.thumb.registers import PC, RegType, SRegType
 
 # FP ops whose result is late for the next instruction (cycles.py `_FP_PRODUCERS`: FP_ARITH, FP_MAC,
 # FP_DIV); VMOV/VNEG/VABS/VCMP and loads deliver in time.
 _FP_ARITH = {"vadd", "vsub", "vmul", "vnmul", "vcvt", "vcvtr", "vcvtb", "vcvtt", "vdiv", "vsqrt"}
 _FP_MAC = {"vmla", "vmls", "vnmla", "vnmls", "vfma", "vfms", "vfnma", "vfnms"}
-_CORE_LOADS = {"ldr", "ldrb", "ldrh", "ldrsb", "ldrsh"}
-_CORE_STORES = {"str", "strb", "strh"}
 _BYTES = {"ldr": 4, "str": 4, "ldrb": 1, "strb": 1, "ldrsb": 1, "ldrh": 2, "strh": 2, "ldrsh": 2,
           "ldrd": 8, "strd": 8, "vldr": 4, "vstr": 4}
-_MULTI_LOADS = {"ldm", "ldmdb", "vldm", "vldmdb"}
-_MULTI_STORES = {"stm", "stmdb", "vstm", "vstmdb"}
-_BARRIERS = {"b", "bl", "bx", "blx", "cbz", "cbnz", "push", "pop", "vpush", "vpop", "bkpt", "svc", "nop",
-             "vmsr"}
+_BARRIERS = BRANCHES | CALLS | STACK_OPS | {"bkpt", "svc", "nop", "vmsr"}
 # Flag writers besides S-suffixed ops and compares: the parallel add/subtract family sets APSR.GE.
 _GE_WRITERS = {"sadd16", "ssub16", "sadd8", "ssub8", "uadd16", "usub16", "uadd8", "usub8", "qadd16",
                "qsub16", "qadd8", "qsub8", "shadd16"}
@@ -144,8 +152,8 @@ def _insn(op: ThumbOp, index: int, versions: dict[Key, int]) -> _Insn:
     info.fp_writes = frozenset(_key(v) for v in op.results if isinstance(v.type, SRegType))
 
     mem = next(((t, oi, ri) for t, oi, ri in plan if t in ("M", "M!")), None)
-    is_load = base in _CORE_LOADS or base in ("ldrd", "vldr") or base in _MULTI_LOADS
-    is_store = base in _CORE_STORES or base in ("strd", "vstr") or base in _MULTI_STORES
+    is_load = base in CORE_LOADS or base in ("ldrd", "vldr") or base in MULTI_LOADS
+    is_store = base in CORE_STORES or base in ("strd", "vstr") or base in MULTI_STORES
     if is_load or is_store:
         info.mem = "load" if is_load else "store"
         if mem is None:                       # `ldr r0, label`: the literal pool in read-only code
@@ -156,19 +164,19 @@ def _insn(op: ThumbOp, index: int, versions: dict[Key, int]) -> _Insn:
             has_index = tok == "M" and xi >= 0
             info.addr_regs = (bkey,) + ((_key(op.operands[xi]),) if has_index else ())
             if not has_index:
-                if base in _MULTI_LOADS or base in _MULTI_STORES:
+                if base in MULTI_LOADS or base in MULTI_STORES:
                     size = 4 * sum(ri for t, _, ri in plan if t.endswith("*"))
                     lo = -size if base.endswith("db") else 0
                 else:
                     size = _BYTES[base] * (2 if plan[0][0] == "Dd" else 1)
                     lo = 0 if op.mode == "post" else op.offset
                 info.span = (bkey, versions.get(bkey, 0), lo, lo + size)
-    if base in _CORE_LOADS:
+    if base in CORE_LOADS:
         info.core_load = True
         info.load_rt = _key(op.results[0])
         if mem is None:
             info.addr_regs = (("r", PC),)
-    if base in _CORE_STORES:
+    if base in CORE_STORES:
         info.pipe_store = not (mem is not None and mem[0] == "M" and mem[2] >= 0)
     for k in writes:
         versions[k] = versions.get(k, 0) + 1

@@ -56,6 +56,16 @@ from .registers import RegType, SRegType
 
 DIALECT = Dialect("thumb", doc=__doc__ or "")
 
+# Mnemonic families the passes over Thumb code reason about (thumb-regalloc, thumb-schedule).
+BRANCHES = frozenset({"b", "bx", "cbz", "cbnz"})
+CALLS = frozenset({"bl", "blx"})
+STACK_OPS = frozenset({"push", "pop", "vpush", "vpop"})
+CORE_LOADS = frozenset({"ldr", "ldrb", "ldrh", "ldrsb", "ldrsh"})
+CORE_STORES = frozenset({"str", "strb", "strh"})
+MULTI_LOADS = frozenset({"ldm", "ldmdb", "vldm", "vldmdb"})
+MULTI_STORES = frozenset({"stm", "stmdb", "vstm", "vstmdb"})
+STORES = CORE_STORES | MULTI_STORES | {"strd", "vstr"}
+
 Cond = Enum(*COND_NAMES[:14])
 Number = AttrKind("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
 
