@@ -206,6 +206,19 @@ def test_computed_address_serves_a_whole_tile(registers: int) -> None:
     assert max(s.count("mla") for s in tiles) <= 4, max(tiles, key=lambda s: s.count("mla"))
 
 
+@pytest.mark.parametrize("f16", [False, True])
+@pytest.mark.parametrize("act", [(L.HardSwish, {}), (L.LeakyRelu, {"alpha": 1.5})], ids=["hard_swish", "leaky_1.5"])
+def test_activation_of_a_full_tile_needs_no_extra_accumulator(act: tuple[type, dict], f16: bool) -> None:
+    """A 4 x 4 tile holds all 16 S registers of the accumulator pool. Its hard swish clamps on
+    the bits in core registers, and a select whose kept value lives on takes the register of
+    the other, dying value (the move reversed): neither needs a 17th."""
+    cls, attrs = act
+    case = Case("act", (1, 10, 13, 17), lambda b, x, w: b.add(
+        cls, conv(L.Conv2D, (3, 1), 20, padding="same")(b, x, w), name="a", **attrs), f16=f16)
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+
+
 def test_hot_loop_keeps_its_pointers_when_borders_need_more() -> None:
     """A stride-2 'same' depthwise convolution over channel-major input: its border nests need
     more core registers than there are, so some pointer's address is computed from the loop

@@ -445,8 +445,10 @@ def _tanh(em: Emitter, x: Value) -> Value:
 
 
 def _hard_swish(em: Emitter, x: Value) -> Value:
+    # x * relu6(x + 3) / 6, the division as a product with 1/6 (a VMUL, not a 14-cycle VDIV;
+    # within two roundings of the quotient)
     r = em.min(em.max(em.add(x, em.const(3.0)), em.const(0.0)), em.const(6.0))
-    return em.div(em.mul(x, r), em.const(6.0))
+    return em.mul(x, em.mul(r, em.const(float(np.float32(1.0 / 6.0)))))
 
 
 def _batch_norm(low: LayerLowering, op: Operation, x: Value, ch: Aff) -> Value:

@@ -93,6 +93,9 @@ UNROLL_MIN_MACS = 256                           # automatic unrolling only for n
 
 # Float comparison -> the condition that holds after `vcmp a, b; vmrs APSR_nzcv, fpscr` (ordered).
 FLOAT_COND = {"gt": "gt", "ge": "ge", "lt": "mi", "le": "ls", "eq": "eq", "ne": "ne"}
+# the condition that holds exactly when the key does not (whatever the flags, NaN compares too)
+INVERSE_COND = {"eq": "ne", "ne": "eq", "cs": "cc", "cc": "cs", "mi": "pl", "pl": "mi", "vs": "vc",
+                "vc": "vs", "hi": "ls", "ls": "hi", "ge": "lt", "lt": "ge", "gt": "le", "le": "gt"}
 
 
 def _thumb() -> Any:
@@ -1496,10 +1499,16 @@ class _Lowering:
         self.vals[id(op.result)] = self.emit1("vmov.f32", [r], self.sreg())
 
     def predicated_move(self, op: Operation, keep: Value, other: Value, cond: str) -> None:
-        """result = keep, then `other` when `cond` holds (flags already set)."""
-        # `keep` may die here: its register can then take the result (it is copied first)
+        """result = keep, then `other` when `cond` holds (flags already set). The result takes
+        the register of an operand that dies here when one is precolored (`keep`'s, or `other`'s
+        with the move reversed: other, then keep unless `cond`), else one of the pool."""
         dying = self.release_after.get(id(op), [])
-        for v in [v for v in dying if self.vals.get(id(v)) is keep]:
+        mine = [v for v in dying if self.vals.get(id(v)) is keep and id(v) in self.precolored]
+        if not mine and not self.s_free:
+            theirs = [v for v in dying if self.vals.get(id(v)) is other and id(v) in self.precolored]
+            if theirs:
+                keep, other, cond, mine = other, keep, INVERSE_COND[cond], theirs
+        for v in mine:
             dying.remove(v)
             self._release(v)
         n = self.take_s(op.result)
@@ -1537,10 +1546,10 @@ class _Lowering:
         self.predicated_move(op, a, b, "mi" if op.name == "loop.maxf" else "gt")
 
     def _clampable(self, op: Operation) -> tuple[Value, float] | None:
-        """(r, c) when minf `op` is min(r, c) for r = max(x, +0.0) and a positive constant c, and
-        its result is only stored (relu6): a clamp on the bits (`_clamp`)."""
+        """(r, c) when minf `op` is min(r, c) for r = max(x, +0.0) and a positive constant c
+        (relu6, hard swish): a clamp on the bits (`_clamp`)."""
         L = self.L
-        if not isinstance(op, L.MinF) or not all(isinstance(u, L.Store) for u, _ in op.result.uses):
+        if not isinstance(op, L.MinF):
             return None
         for r, c in ((op.a, op.b), (op.b, op.a)):
             m = r.op
@@ -1550,9 +1559,11 @@ class _Lowering:
         return None
 
     def _clamp(self, op: Operation) -> bool:
-        """min(max(x, 0), c) for a positive constant c, only stored (relu6): on the bits in a core
+        """min(max(x, 0), c) for a positive constant c (relu6, hard swish): on the bits in a core
         register, where non-negative floats order as integers (VMOV, BIC, CMP, IT, MOV: 5
-        cycles, the constant's bits built once per block) instead of a round trip through VCMP."""
+        cycles, the constant's bits built once per block; a VMOV back where arithmetic reads
+        it) instead of a round trip through VCMP, which would also hold an S register of the
+        accumulator pool per result."""
         rc = self._clampable(op)
         if rc is None or id(rc[0]) not in self.relu_of or id(rc[0]) in self.vals or not self.core_free:
             return False
