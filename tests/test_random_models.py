@@ -4,7 +4,8 @@ The code generator picks tile shapes, peels, unrolls, channel-major layouts, VLD
 splits from the shapes it is given; the real models exercise only the shapes they have. Here each
 seed builds a chain of one to four layers (convolutions 1-D and 2-D with any kernel, stride,
 dilation and padding, depthwise convolutions with a multiplier, poolings, activations fused or
-not, batch norms, residual adds, concatenations, a dense head) and compiles it with validation on:
+not, batch norms, residual adds, concatenations, squeeze-and-excite gates, padding, cropping,
+upsampling, a dense head) and compiles it with validation on:
 the binary runs in the emulator and must match the layer references (DESIGN §7) on random inputs.
 A seed that fails names the model in its message, so it can be rebuilt and debugged alone.
 """
@@ -24,7 +25,7 @@ from ml4f.compiler.ir import Module, Value
 from ml4f.compiler.pipeline import Options, compile_model
 from ml4f.dialects import layer as L
 
-SEEDS = range(48)
+SEEDS = range(64)
 
 
 def _out_len(n: int, k: int, stride: int, dilation: int, padding: str) -> int:
@@ -121,9 +122,36 @@ class RandomModel:
         return self.b.add(cls, x, name=f"pool{i}", pool_size=k, **attrs)
 
     def unary(self, x: Value, i: int) -> Value:
-        cls = self.r.choice([L.Relu, L.Relu6, L.Sigmoid, L.Tanh])
-        self.steps.append(cls.__name__)
-        return self.b.add(cls, x, name=f"act{i}")
+        cls = self.r.choice([L.Relu, L.Relu6, L.Sigmoid, L.Tanh, L.HardSwish, L.LeakyRelu])
+        attrs = {"alpha": self.r.choice([0.2, 1.5])} if cls is L.LeakyRelu else {}
+        self.steps.append(f"{cls.__name__} {attrs.get('alpha', '')}")
+        return self.b.add(cls, x, name=f"act{i}", **attrs)
+
+    def squeeze_excite(self, x: Value, i: int) -> Value:
+        pool = self.r.choice([L.GlobalAvgPool, L.GlobalMaxPool])
+        op = self.r.choice([L.Mul, L.Add, L.Sub])
+        self.steps.append(f"x {op.__name__} sigmoid({pool.__name__}(x))")
+        g = self.b.add(L.Sigmoid, self.b.add(pool, x, name=f"g{i}", keepdims=True), name=f"gs{i}")
+        return self.b.add(op, x, g, name=f"se{i}")
+
+    def reshape(self, x: Value, i: int) -> Value:
+        r, spatial = self.r, x.type.shape[1:-1]
+        kind = r.choice(["pad", "crop", "upsample"])
+        if kind == "pad":
+            pads = [[0, 0], *([r.randint(0, 2), r.randint(0, 2)] for _ in spatial), [0, 0]]
+            self.steps.append(f"ZeroPad {pads}")
+            return self.b.add(L.ZeroPad, x, name=f"pad{i}", pads=pads)
+        if kind == "crop":
+            crops = [[r.randint(0, 1), r.randint(0, 1)] for _ in spatial]
+            if any(a + b >= n for (a, b), n in zip(crops, spatial)):
+                return x
+            self.steps.append(f"Cropping {crops}")
+            return self.b.add(L.Cropping, x, name=f"crop{i}", crops=crops)
+        if any(n > 10 for n in spatial):
+            return x
+        size = [r.choice([1, 2]) for _ in spatial]
+        self.steps.append(f"Upsample {size}")
+        return self.b.add(L.Upsample, x, name=f"up{i}", size=size)
 
     def batch_norm(self, x: Value, i: int) -> Value:
         c = x.type.shape[-1]
@@ -160,7 +188,8 @@ class RandomModel:
         return x
 
     LAYERS: ClassVar[tuple[Callable[[RandomModel, Value, int], Value], ...]] = (
-        conv, conv, conv, depthwise, depthwise, pool, unary, batch_norm, residual, concat)
+        conv, conv, conv, depthwise, depthwise, pool, unary, unary, batch_norm, residual, concat,
+        squeeze_excite, reshape)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
