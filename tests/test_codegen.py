@@ -313,6 +313,25 @@ def test_weights_packed_in_reading_order(f16: bool) -> None:
         assert not any(re.search(rf"(vldr s\d+|add r\d+), {r}\b", body) for r in wregs), body
 
 
+def test_same_padding_borders_read_weights_in_the_interior_order() -> None:
+    """A 3x3 'same' convolution over 16 channels: its interior slides the window's columns
+    (the kx taps innermost), so a step reads the 3 taps' weights of 4 output channels. The
+    borders and corners take the same order (rather than sliding down a column), so the weights
+    pack as (ky, c, kx) and a step's 12 weights are consecutive: the interior's VLDMs of weights
+    follow each other with no address arithmetic in between."""
+    case = Case("same3x3", (1, 16, 16, 16), conv(L.Conv2D, (3, 3), 16, padding="same", activation="relu"))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    res, func, _, _ = compile_module(case.module())
+    from ml4f.dialects import loop
+    wbuf = next(o for o in func.body.block.ops if isinstance(o, loop.WeightsBuf) and o.data.type.rank == 4)
+    assert wbuf.data.name.endswith(".packed")
+    _, main = _main_loop(_kernel_asm(res, "conv"))
+    wregs = set(re.findall(r"vldm (r\d+)!, \{s\d+(?:, s\d+){3,}\}", main))
+    assert wregs, main
+    assert not any(re.search(rf"add r\d+, {r}\b", main) for r in wregs), main
+
+
 def test_channel_loop_runs_several_steps_per_iteration() -> None:
     """A 4x4 tile's reduction over 16 input channels (2 taps each): the first step is peeled (it
     starts the accumulators), the other 15 run three per iteration, each step with its own loads
