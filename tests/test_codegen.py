@@ -332,6 +332,21 @@ def test_same_padding_borders_read_weights_in_the_interior_order() -> None:
     assert not any(re.search(rf"add r\d+, {r}\b", main) for r in wregs), main
 
 
+def test_elementwise_loop_takes_four_elements_an_iteration() -> None:
+    """A residual add with relu over 10x10x3 elements (300: 75 iterations of 4, no remainder)
+    loads 4 words of each operand with one VLDM an iteration, and matches the reference."""
+    case = Case("res", (1, 10, 10, 3), lambda b, x, w: b.add(
+        L.Add, x, conv(L.Conv2D, (1, 1), 3)(b, x, w), name="add", activation="relu"))
+    ok, err, _ = run_case(case)
+    assert ok, f"max |err| {err}"
+    asm = _kernel_asm(compile_module(case.module())[0], "add")
+    labels = re.findall(r"^(L\d+_\w+):$", asm, re.MULTILINE)
+    assert len(labels) == 1, asm
+    body = asm.split(f"\n{labels[0]}:\n", 1)[1].split(f"bne {labels[0]}\n", 1)[0]
+    assert len(re.findall(r"vldm r\d+!, \{s\d+, s\d+, s\d+, s\d+\}", body)) == 2, body
+    assert re.search(r"movw r\d+, #75\n", asm), asm
+
+
 def test_channel_loop_runs_several_steps_per_iteration() -> None:
     """A 4x4 tile's reduction over 16 input channels (2 taps each): the first step is peeled (it
     starts the accumulators), the other 15 run three per iteration, each step with its own loads
