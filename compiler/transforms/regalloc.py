@@ -325,10 +325,11 @@ class _Allocator:
             return self.is_sreg(v), v.type.num
 
         for op in list(block.ops):
-            if isinstance(op, T.LabelOp) or not isinstance(op, T.ThumbOp) or op.mnemonic in ("bl", "blx"):
+            if isinstance(op, T.LabelOp) or not isinstance(op, T.ThumbOp) or op.mnemonic in CALLS:
                 holds.clear()
                 continue
-            if op.name in ("thumb.ldr", "thumb.vldr") and op.operands == [sp] and len(op.results) == 1 \
+            if op.name in ("thumb.ldr", "thumb.vldr") and len(op.operands) == 1 and op.operands[0] is sp \
+                    and len(op.results) == 1 \
                     and op.cond is None and op.mode == "offset" and not op.writeback:
                 r = reg(op.results[0])
                 known = holds.get(r)
