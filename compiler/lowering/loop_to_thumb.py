@@ -67,7 +67,7 @@ import math
 import re
 import struct
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -851,11 +851,8 @@ class _Lowering:
         return None
 
     def _depth(self, f: Operation) -> int:
-        d = 0
-        while f is not None and isinstance(f, self.L.For):
-            d += 1
-            f = f.parent.parent.parent if f.parent is not None and f.parent.parent is not None else None
-        return d
+        """How many loops nest loop `f`, itself included."""
+        return 1 + sum(1 for _ in self._loops_around(f))
 
     def _key(self, op: Operation) -> tuple[GroupKey, int]:
         buf = self.bufs[id(op.buffer)]
@@ -932,23 +929,20 @@ class _Lowering:
         scope[same] = (t, const)
         return t, rel
 
-    def _executions(self, op: Operation) -> int:
-        """How many times `op` runs per call: the product of the trip counts of the loops around it."""
-        n = 1
+    def _loops_around(self, op: Operation) -> Iterator[Operation]:
+        """The loop.for ops around `op`, innermost first."""
         p = op.parent.parent.parent if op.parent is not None and op.parent.parent else None
         while isinstance(p, self.L.For):
-            n *= p.trip_count
+            yield p
             p = p.parent.parent.parent if p.parent is not None and p.parent.parent else None
-        return n
+
+    def _executions(self, op: Operation) -> int:
+        """How many times `op` runs per call: the product of the trip counts of the loops around it."""
+        return math.prod(f.trip_count for f in self._loops_around(op))
 
     def _enclosing(self, op: Operation) -> list[int]:
         """ids of the loop.for ops around `op`."""
-        out = []
-        p = op.parent.parent.parent if op.parent is not None and op.parent.parent else None
-        while isinstance(p, self.L.For):
-            out.append(id(p))
-            p = p.parent.parent.parent if p.parent is not None and p.parent.parent else None
-        return out
+        return [id(f) for f in self._loops_around(op)]
 
     def _analyze(self, k: Operation) -> None:
         """Group accesses into pointer classes and find where values die (to free registers)."""

@@ -47,9 +47,11 @@ from ml4f.dialects.thumb.ops import (
     CALLS,
     CORE_LOADS,
     CORE_STORES,
+    LOADS,
     MULTI_LOADS,
     MULTI_STORES,
     STACK_OPS,
+    STORES,
     Func,
     GetRegister,
     It,
@@ -152,8 +154,8 @@ def _insn(op: ThumbOp, index: int, versions: dict[Key, int]) -> _Insn:
     info.fp_writes = frozenset(_key(v) for v in op.results if isinstance(v.type, SRegType))
 
     mem = next(((t, oi, ri) for t, oi, ri in plan if t in ("M", "M!")), None)
-    is_load = base in CORE_LOADS or base in ("ldrd", "vldr") or base in MULTI_LOADS
-    is_store = base in CORE_STORES or base in ("strd", "vstr") or base in MULTI_STORES
+    is_load = base in LOADS
+    is_store = base in STORES
     if is_load or is_store:
         info.mem = "load" if is_load else "store"
         if mem is None:                       # `ldr r0, label`: the literal pool in read-only code

@@ -64,6 +64,7 @@ CORE_LOADS = frozenset({"ldr", "ldrb", "ldrh", "ldrsb", "ldrsh"})
 CORE_STORES = frozenset({"str", "strb", "strh"})
 MULTI_LOADS = frozenset({"ldm", "ldmdb", "vldm", "vldmdb"})
 MULTI_STORES = frozenset({"stm", "stmdb", "vstm", "vstmdb"})
+LOADS = CORE_LOADS | MULTI_LOADS | {"ldrd", "vldr"}
 STORES = CORE_STORES | MULTI_STORES | {"strd", "vstr"}
 
 Cond = Enum(*COND_NAMES[:14])
