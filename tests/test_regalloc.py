@@ -23,6 +23,15 @@ from ml4f.compiler.transforms.regalloc import allocate
 from ml4f.dialects.thumb import print_asm
 
 
+def _sum_chain(values: list[str]) -> tuple[list[str], str]:
+    """VADD lines summing `values` left to right, and the name of the sum."""
+    lines, acc = [], values[0]
+    for i, v in enumerate(values[1:], 1):
+        lines.append(f"  %s{i} = thumb.vadd.f32 {acc}, {v} : !thumb.sreg")
+        acc = f"%s{i}"
+    return lines, acc
+
+
 def live_sum_func(n: int, core: int = 0) -> str:
     """All n loads happen before any add, so n S values (and `core` core values) are live at
     once; the adds run in the order of the loads."""
@@ -30,10 +39,8 @@ def live_sum_func(n: int, core: int = 0) -> str:
              "  %lr = thumb.get_register : !thumb.reg<lr>", "  %a = thumb.mov %arg : !thumb.reg"]
     lines += [f"  %x{i} = thumb.vldr %a {{offset = {4 * i}}} : !thumb.sreg" for i in range(n)]
     lines += [f"  %c{i} = thumb.ldr %a {{offset = {4 * (n + i)}}} : !thumb.reg" for i in range(core)]
-    acc = "%x0"
-    for i in range(1, n):
-        lines.append(f"  %s{i} = thumb.vadd.f32 {acc}, %x{i} : !thumb.sreg")
-        acc = f"%s{i}"
+    adds, acc = _sum_chain([f"%x{i}" for i in range(n)])
+    lines += adds
     lines.append(f"  thumb.vstr {acc}, %a {{offset = {4 * (n + core)}}}")
     cacc = "%c0" if core else None
     for i in range(1, core):
@@ -84,10 +91,8 @@ def test_d_register_loads_take_even_pairs_or_split(n: int) -> None:
              "  %x0 = thumb.vldr %a : !thumb.sreg"]
     for i in range(1, n, 2):
         lines.append(f"  %x{i}, %x{i + 1} = thumb.vldr %a {{offset = {4 * i}}} : !thumb.sreg, !thumb.sreg")
-    acc = "%x0"
-    for i in range(1, n):
-        lines.append(f"  %s{i} = thumb.vadd.f32 {acc}, %x{i} : !thumb.sreg")
-        acc = f"%s{i}"
+    adds, acc = _sum_chain([f"%x{i}" for i in range(n)])
+    lines += adds
     lines += [f"  thumb.vstr {acc}, %a {{offset = {4 * n}}}", "  thumb.bx %lr", "}"]
     rng = np.random.default_rng(n)
     x = rng.normal(size=n).astype(np.float32)
@@ -111,10 +116,8 @@ def test_split_pair_word_stays_before_a_write_back_of_its_base() -> None:
              "  %lo, %hi = thumb.vldr %a {offset = 8} : !thumb.sreg, !thumb.sreg"]
     lines += [f"  %x{i} = thumb.vldr %a {{offset = {16 + 4 * i}}} : !thumb.sreg" for i in range(n)]
     lines += ["  %p, %q, %a2 = thumb.vldm %a {writeback = true} : !thumb.sreg, !thumb.sreg, !thumb.reg"]
-    acc = "%lo"
-    for i, v in enumerate([f"%x{i}" for i in range(n)] + ["%p", "%q", "%hi"]):
-        lines.append(f"  %s{i} = thumb.vadd.f32 {acc}, {v} : !thumb.sreg")
-        acc = f"%s{i}"
+    adds, acc = _sum_chain(["%lo"] + [f"%x{i}" for i in range(n)] + ["%p", "%q", "%hi"])
+    lines += adds
     lines += [f"  thumb.vstr {acc}, %a2 {{offset = {4 * (n + 4) - 8}}}", "  thumb.bx %lr", "}"]
     x = np.random.default_rng(3).normal(size=n + 4).astype(np.float32)
     out, res, asm = run("\n".join(lines) + "\n", np.concatenate([x, np.zeros(2, np.float32)]))
@@ -134,10 +137,8 @@ def test_vldm_lists_past_the_registers_are_split() -> None:
         lines.append(f"  %b{i} = thumb.add %a {{imm = {4 * i}}} : !thumb.reg")
         lines.append(f"  %x{i}, %x{i + 1}, %x{i + 2}, %x{i + 3} = thumb.vldm %b{i} : "
                      "!thumb.sreg, !thumb.sreg, !thumb.sreg, !thumb.sreg")
-    acc = "%x0"
-    for i in range(1, n):
-        lines.append(f"  %s{i} = thumb.vadd.f32 {acc}, %x{i} : !thumb.sreg")
-        acc = f"%s{i}"
+    adds, acc = _sum_chain([f"%x{i}" for i in range(n)])
+    lines += adds
     lines += [f"  thumb.vstr {acc}, %a {{offset = {4 * n}}}", "  thumb.bx %lr", "}"]
     x = np.random.default_rng(n).normal(size=n).astype(np.float32)
     out, res, asm = run("\n".join(lines) + "\n", np.concatenate([x, np.zeros(2, np.float32)]))
