@@ -35,7 +35,7 @@ def generate(func: Operation, module: Module, schedule: bool = False, **lowering
 
     Example: generate(module.ops[0], module).asm starts with `.syntax unified`, `.thumb`, the entry.
     `schedule` runs the `thumb-schedule` pass after allocation; `lowering`
-    holds options of lower-to-thumb (unroll, pack, loop_registers).
+    holds options of lower-to-thumb (unroll, pack, loop_registers, widen).
     """
     from ml4f.compiler.lowering.loop_to_thumb import lower_func
     from ml4f.compiler.transforms.regalloc import allocate

@@ -28,6 +28,7 @@ from ml4f.compiler.context import Context
 from ml4f.compiler.ir import Module
 from ml4f.compiler.lowering.mathlib import routines_text
 from ml4f.compiler.passes import PassManager, parse_pipeline
+from ml4f.compiler.types import f32
 from ml4f.dialects import layer as L
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -406,14 +407,14 @@ def test_depthwise_over_channel_major_input(stride: int, f16: bool) -> None:
     stride 2) with one VLDM and its 9 weights, laid out by channel, with VLDMs too, so its main
     loop has no VLDR and nothing spilled. In f16 the 9 weights and a zero after them are 5 words
     (every channel starts on a word), loaded with VLDMs and widened: the only halfword load is
-    the bias."""
+    the bias (the weights stay f16 here: lower-to-thumb{widen=false})."""
     case = Case("cmdw", (1, 12, 20, 3), lambda b, x, w: conv(
         L.DepthwiseConv2D, (3, 3), activation="relu", strides=[stride, stride])(
         b, conv(L.Conv2D, (3, 3), 4, activation="relu")(b, x, w), w), f16=f16)
     ok, err, _ = run_case(case)
     assert ok, f"max |err| {err}"
     pipeline = PIPELINE.replace("lower-to-loops", "convert-weights{type=f16},lower-to-loops") if f16 else PIPELINE
-    res, func, _, _ = compile_module(case.module(), pipeline)
+    res, func, _, _ = compile_module(case.module(), pipeline, widen=False)
     assert [a.channel_major for a in func.allocs if a.input < 0] == [True, False]
     asm = _kernel_asm(res, "dw")
     _, main = _main_loop(asm)
@@ -423,6 +424,39 @@ def test_depthwise_over_channel_major_input(stride: int, f16: bool) -> None:
     assert "vldr" not in main and "sp" not in main, main
     if f16:
         assert main.count("ldrh") == 1 and main.count("vcvt") == 10, main
+
+
+@pytest.mark.parametrize("widen", [True, False], ids=["widen", "keep"])
+def test_f16_weights_widened_once_into_free_arena(widen: bool) -> None:
+    """f16 weights that a kernel reads at least WIDEN_USES times each are widened once, at its
+    top, into arena bytes no live buffer holds; its tiles then read f32 words (no VCVT in the
+    main loop). The second convolution (1x1 over the pooled 8 x 8 positions: 16 tiles read each
+    weight) has room beside its small buffers; the first (with the pooling: its input and output
+    are the arena's peak) has none and widens every read. The arena does not grow, and the output
+    matches the reference either way."""
+    from ml4f.compiler.transforms.plan_memory import check_plan
+
+    def build(b: ModelBuilder, x: Any, w: Any) -> Any:
+        y = b.add(L.Conv2D, x, name="first", kernel=w(8, 3, 3, 4), bias=w(8), activation="relu")
+        y = b.add(L.MaxPool2D, y, name="pool", pool_size=[2, 2], strides=[2, 2])
+        return b.add(L.Conv2D, y, name="second", kernel=w(16, 1, 1, 8), bias=w(16), activation="relu")
+
+    case = Case("widen", (1, 18, 18, 4), build, f16=True)
+    ok, err, _ = run_case(case, widen=widen)
+    assert ok, f"max |err| {err}"
+    res, func, _, _ = compile_module(case.module(), widen=widen)
+    kept, _, _, _ = compile_module(case.module(), widen=False)
+    assert res.arena_bytes == kept.arena_bytes
+    check_plan(func)            # the widened copies overlap no buffer alive in their kernel
+    copies = [a for a in func.allocs if a.result.type.elem == f32 and a.result.name_hint.endswith("_f32")]
+    assert len(copies) == (2 if widen else 0)     # the second convolution's kernel and bias
+    _, first = _main_loop(_kernel_asm(res, "first"))
+    assert "vcvt" in first, first
+    second = _kernel_asm(res, "second")
+    _, main = _main_loop(second)
+    assert ("vcvt" in main) != widen, main
+    top = second.split("bne", 1)[0]          # the kernel's first loop: the copy when widened
+    assert ("vcvtt" in top and "vstr" in top and "vmul" not in top) == widen, top
 
 
 @pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])

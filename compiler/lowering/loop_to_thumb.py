@@ -31,7 +31,10 @@ How loops are selected:
   their own). Weight buffers are packed (`pack_weights`, after these reshapings) so that a tile's
   weights are consecutive words in the order the loops read them: a dense block of 16 outputs
   streams 8 inputs x 16 weights per step in runs of 8 that fill the last registers, each run's
-  products added before the next one loads.
+  products added before the next one loads. f16 weights that a kernel reads at least WIDEN_USES
+  times each (a convolution's, once per tile of positions) are widened once at its top into arena
+  bytes that no buffer holds during it, when such a range exists (`widen_weights`): its tiles then
+  read f32 words.
 - Before selection each kernel's loops are reshaped for the register file: a small window loop
   of a reduction nest becomes the innermost and is unrolled when neighbouring positions of a
   tile then share input loads (`_slide_windows`: 7 loads instead of 16 for 4 positions x 4
@@ -77,7 +80,7 @@ from ml4f.compiler.context import Context
 from ml4f.compiler.diagnostics import CompileError
 from ml4f.compiler.ir import Block, Module, Operation, Region, SymbolRef, Value
 from ml4f.compiler.passes import ModulePass, register_pass
-from ml4f.compiler.types import FloatType, f16, f32, numpy_dtype
+from ml4f.compiler.types import FloatType, f16, f32, index, numpy_dtype
 
 # Registers the lowering may precolor for loop-carried values, in order of preference.
 CORE_POOL = (4, 5, 6, 7, 8, 9, 10, 11, 12, 3, 2)
@@ -91,6 +94,8 @@ REST_TRIPS = 5                                  # fewest steps unrolled by 2 wit
 STEP_OPS = 160                                  # bound on the ops of an iteration unrolled past 2 steps
 FLAT_MACS = 128                                 # bound on the MACs of a fully unrolled tile reduction
 UNROLL_MIN_MACS = 256                           # automatic unrolling only for nests doing this much
+WIDEN_USES = 12                                 # fewest reads per f16 weight that pay for widening it once
+WIDEN_UNROLL = 8                                # f16 weights widened per iteration of the copy (4 words)
 
 # Float comparison -> the condition that holds after `vcmp a, b; vmrs APSR_nzcv, fpscr` (ordered).
 FLOAT_COND = {"gt": "gt", "ge": "ge", "lt": "mi", "le": "ls", "eq": "eq", "ne": "ne"}
@@ -347,12 +352,84 @@ def _refit(accesses: list[Operation], order: np.ndarray, K: int, segments: list[
     return out
 
 
+def loops_around(op: Operation) -> Iterator[Operation]:
+    """The loop.for ops around `op`, innermost first."""
+    L = _loop()
+    p = op.parent.parent.parent if op.parent is not None and op.parent.parent else None
+    while isinstance(p, L.For):
+        yield p
+        p = p.parent.parent.parent if p.parent is not None and p.parent.parent else None
+
+
+def executions(op: Operation) -> int:
+    """How many times `op` runs per call: the product of the trip counts of the loops around it."""
+    return math.prod(f.trip_count for f in loops_around(op))
+
+
+def _free_offset(busy: list[tuple[int, int]], nbytes: int, size: int) -> int | None:
+    """The lowest word-aligned offset of `nbytes` in [0, size) that overlaps no busy range."""
+    off = 0
+    for lo, hi in sorted(busy):
+        if off + nbytes <= lo:
+            break
+        off = max(off, -(-hi // 4) * 4)
+    return off if off + nbytes <= size else None
+
+
+def widen_weights(func: Operation, min_uses: int = WIDEN_USES) -> set[int]:
+    """Widen f16 weights once per call into arena bytes that no buffer holds during their kernel,
+    when the kernel reads each weight at least `min_uses` times (a convolution's weights, once per
+    tile of positions): each read is then an f32 word of a VLDM run instead of half a word plus
+    a VCVT, and the widening costs about 3.5 cycles a weight. The copy is a loop at the top of the
+    kernel (f16 words in VLDM runs, VCVTB/VCVTT, VSTR), reading the weights as packed; the arena
+    does not grow (weights that fit in no free range stay f16). Returns the ids of the f32 buffers.
+    """
+    from ml4f.compiler.transforms.loop_passes import unroll
+    from ml4f.compiler.transforms.plan_memory import liveness
+    L = _loop()
+    live = liveness(func)
+    allocs = func.allocs
+    made: set[int] = set()
+    for t, k in enumerate(func.kernels):
+        reads: dict[int, list[Operation]] = {}
+        for op in k.walk():
+            if isinstance(op, L.Load) and isinstance(op.buffer.op, L.WeightsBuf) and op.buffer.type.elem == f16:
+                reads.setdefault(id(op.buffer), []).append(op)
+        busy = [(a.offset, a.offset + a.result.type.nbytes) for a in allocs
+                if live[id(a.result)][0] <= t <= live[id(a.result)][1]]
+        for loads in reads.values():
+            w = loads[0].buffer
+            n = w.type.size
+            if sum(executions(op) for op in loads) < min_uses * n:
+                continue
+            off = _free_offset(busy, 4 * n, func.arena_size)
+            if off is None:
+                continue
+            busy.append((off, off + 4 * n))
+            scratch = L.Alloc([], [L.BufType(n, f32)], {"offset": off}, origin=k.origin, loc=k.loc)
+            scratch.result.name_hint = (w.name_hint or "w") + "_f32"
+            func.body.block.insert_before(k, scratch)
+            made.add(id(scratch.result))
+            for op in loads:
+                op.set_operand(0, scratch.result)
+            body = Block([index], ["i"])
+            copy = L.For([], [], {"lb": 0, "ub": n, "step": 1}, regions=[Region([body])], origin=k.origin, loc=k.loc)
+            x = L.Load([w, body.args[0]], [f32], {"offset": 0, "strides": (1,)}, origin=k.origin, loc=k.loc)
+            body.append(x)
+            body.append(L.Store([x.result, scratch.result, body.args[0]], [], {"offset": 0, "strides": (1,)},
+                                origin=k.origin, loc=k.loc))
+            k.body.block.insert(0, copy)
+            unroll(copy, WIDEN_UNROLL)
+    return made
+
+
 class _Lowering:
     """Lowers one loop.func; holds the register pools and label counter of this function."""
 
     def __init__(self, func: Operation, module: Module, unroll: int = 0, pack: bool = True,
-                 loop_registers: int = 0):
+                 loop_registers: int = 0, widen: bool = True):
         self.loop_registers = loop_registers
+        self.widen = widen
         self.unroll = unroll
         self.T = _thumb()
         self.L = _loop()
@@ -403,6 +480,7 @@ class _Lowering:
         self.pending_stores: list[tuple[Value, Value, int]] = []   # (S register, base, offset)
         self.loaded_first: set[int] = set()     # acc_max ops whose value was loaded into the acc
         self.loaded_init: set[int] = set()      # loop.acc ops whose initial value was loaded into the acc
+        self.widened: set[int] = set()          # arena buffers holding f16 weights widened to f32
 
     # ------------------------------------------------------------------ emission helpers
 
@@ -482,6 +560,8 @@ class _Lowering:
                 self.reshape(op)
         if self.pack:
             pack_weights(func)   # after reshaping: weights are packed in the order the loops read them
+        # loops stay loops for size: no copy of the weights either
+        self.widened = widen_weights(func) if self.widen and self.unroll != 1 else set()
         self.layout = WeightsLayout.of(func)
         for op in func.body.block.ops:
             if isinstance(op, L.Alloc):
@@ -564,7 +644,7 @@ class _Lowering:
                 self.flat_blocks.add(id(f.parent))
                 unroll(f, f.trip_count)
                 continue
-            runs = f.trip_count * self._executions(f)
+            runs = f.trip_count * executions(f)
             factors = (self.unroll,) if self.unroll > 1 else (8, 4, 2)
             if self.unroll == 0 and runs * len(fmas) < UNROLL_MIN_MACS:
                 if len(inner) > 1:
@@ -643,7 +723,7 @@ class _Lowering:
         # weights are then read in one order everywhere and packed so (a step's taps in
         # consecutive words: no address arithmetic between its VLDMs), which saves the hot nest
         # more than sliding saves a border.
-        hot = max((t for t in nests if t[1] is not None), key=lambda t: self._executions(t[0][-1]),
+        hot = max((t for t in nests if t[1] is not None), key=lambda t: executions(t[0][-1]),
                   default=None)
         walks = self._weight_walks(hot[0][-1], hot[1]) if hot is not None else set()
         if hot is None or hot[1] is hot[0][-1] or sum(
@@ -664,7 +744,7 @@ class _Lowering:
 
         def work(nest: list[Operation]) -> int:
             f = nest[-1]
-            return self._executions(f) * f.trip_count * sum(isinstance(o, L.AccFma) for o in f.body.block.ops)
+            return executions(f) * f.trip_count * sum(isinstance(o, L.AccFma) for o in f.body.block.ops)
 
         # Worth it for a window of up to 3 taps when the hot nest does at least twice the work of
         # the nests that lose a sliding window to it (measured: ResNet-8's 3x3 convolutions gain
@@ -776,7 +856,7 @@ class _Lowering:
             f.attributes["lb"] = f.lb + f.step
             self.flat_blocks.add(id(block))
             if all(g is not f for g, _ in self.step_loops) and \
-                    (f.trip_count // 2) * self._executions(f) >= 2 * len(ops):
+                    (f.trip_count // 2) * executions(f) >= 2 * len(ops):
                 # a jammed reduction (steps of several channels) that runs long: two steps per
                 # iteration halve its loop control, when that saves (4 cycles an iteration) at
                 # least a cycle per byte of the copies (about 8 bytes an op)
@@ -852,7 +932,7 @@ class _Lowering:
 
     def _depth(self, f: Operation) -> int:
         """How many loops nest loop `f`, itself included."""
-        return 1 + sum(1 for _ in self._loops_around(f))
+        return 1 + sum(1 for _ in loops_around(f))
 
     def _key(self, op: Operation) -> tuple[GroupKey, int]:
         buf = self.bufs[id(op.buffer)]
@@ -882,7 +962,7 @@ class _Lowering:
         runs: Counter[int] = Counter()
         for op in k.walk():
             if id(op) in self.class_of:
-                runs[id(self.class_of[id(op)])] += self._executions(op)
+                runs[id(self.class_of[id(op)])] += executions(op)
         limit = len(self.core_pool) - (1 if len(self.core_pool) > 8 else 0)
         if self.loop_registers:
             limit = min(limit, self.loop_registers)
@@ -929,20 +1009,13 @@ class _Lowering:
         scope[same] = (t, const)
         return t, rel
 
-    def _loops_around(self, op: Operation) -> Iterator[Operation]:
-        """The loop.for ops around `op`, innermost first."""
-        p = op.parent.parent.parent if op.parent is not None and op.parent.parent else None
-        while isinstance(p, self.L.For):
-            yield p
-            p = p.parent.parent.parent if p.parent is not None and p.parent.parent else None
-
-    def _executions(self, op: Operation) -> int:
-        """How many times `op` runs per call: the product of the trip counts of the loops around it."""
-        return math.prod(f.trip_count for f in self._loops_around(op))
+    def is_weights(self, buf: Value) -> bool:
+        """Whether `buf` holds weights: a weights buffer or its widened copy (`widen_weights`)."""
+        return isinstance(buf.op, self.L.WeightsBuf) or id(buf) in self.widened
 
     def _enclosing(self, op: Operation) -> list[int]:
         """ids of the loop.for ops around `op`."""
-        return [id(f) for f in self._loops_around(op)]
+        return [id(f) for f in loops_around(op)]
 
     def _analyze(self, k: Operation) -> None:
         """Group accesses into pointer classes and find where values die (to free registers)."""
@@ -954,7 +1027,7 @@ class _Lowering:
                 continue
             key, _ = self._key(op)
             if not key.terms:
-                if self._feeds_init(op) and isinstance(op.buffer.op, L.WeightsBuf):
+                if self._feeds_init(op) and self.is_weights(op.buffer):
                     # a fixed bias block: its loads form runs too, from the buffer's base register
                     self.class_of[id(op)] = fixed.setdefault((key.buf, key.window),
                                                              PtrClass(key.buf, key.window, {}, set()))
@@ -1138,7 +1211,7 @@ class _Lowering:
         # fits beside them and one step's inputs, else runs of 4, two at a time when they fit
         per_copy: dict[int, int] = {}
         for op in block.ops:
-            if isinstance(op, L.Load) and id(op) in self.class_of and not isinstance(op.buffer.op, L.WeightsBuf):
+            if isinstance(op, L.Load) and id(op) in self.class_of and not self.is_weights(op.buffer):
                 k = self.copy_of.get(id(op), (0,))[0]
                 per_copy[k] = per_copy.get(k, 0) + 1
         inputs = max(per_copy.values(), default=0)   # the inputs of one copy are live at a time
@@ -1160,7 +1233,7 @@ class _Lowering:
                 limit = max(1, longest // 2)
             if all(self._feeds_init(op) for _, _, op in loads):
                 limit = 16 if loads[0][1] < 0 else 8   # initial values go straight into accumulators
-            if id(block) in self.flat_blocks and not isinstance(loads[0][2].buffer.op, L.WeightsBuf) \
+            if id(block) in self.flat_blocks and not self.is_weights(loads[0][2].buffer) \
                     and id(loads[0][2]) not in self.copy_of:
                 # inputs of every step of a flattened tile: pairs (a D register load each; the
                 # allocator splits a pair whose second word would wait too long), unless the tile
@@ -1752,16 +1825,18 @@ class ThumbFunction:
 
 
 def lower_func(func: Operation, module: Module, unroll: int = 0, pack: bool = True,
-               loop_registers: int = 0) -> ThumbFunction:
+               loop_registers: int = 0, widen: bool = True) -> ThumbFunction:
     """Lower one planned loop.func to a thumb.func on virtual (and precolored) registers.
 
     `unroll`: 0 picks the unroll factor of innermost reduction loops automatically, 1 keeps them,
     k > 1 unrolls them by k. `pack` interleaves output channels of weights (`pack_weights`).
     `loop_registers` (0: the whole pool) bounds the core registers for counters and pointers.
+    `widen` lets f16 weights that a kernel reads often be widened once into free arena bytes
+    (`widen_weights`; not with unroll=1).
     The loop function is rewritten in place (unrolled loops, packed weights): it still computes
     the same, and the returned weights blob matches it.
     """
-    lw = _Lowering(func, module, unroll, pack, loop_registers)
+    lw = _Lowering(func, module, unroll, pack, loop_registers, widen)
     tf = lw.run()
     return ThumbFunction(tf, bytes(lw.layout.blob), lw.layout.elided, lw.layer_labels, lw.routines)
 
@@ -1775,7 +1850,9 @@ class LowerToThumb(ModulePass):
     Option unroll: 0 (default) unrolls innermost reduction loops by the largest factor whose
     values fit in registers, 1 keeps them, k > 1 unrolls by k. Option loop_registers (0: all
     of r2-r12) bounds the core registers kept for loop counters and pointers; the addresses of
-    pointers that do not fit are computed from the counters.
+    pointers that do not fit are computed from the counters. Option widen (default true) copies
+    f16 weights that a kernel reads at least WIDEN_USES times each to f32 in arena bytes no buffer
+    holds during that kernel, once per call, so that the kernel reads f32 words (`widen_weights`).
     The functions must have been planned (plan-memory). The weights leave the IR here: the code
     reads them from the blob at the header's weights_offset (`WeightsLayout`: the loop.weights
     buffers in order, 4-aligned), which `ml4f.compiler.codegen.generate` returns with the code.
@@ -1786,6 +1863,7 @@ class LowerToThumb(ModulePass):
     unroll: int = 0
     pack: bool = True
     loop_registers: int = 0
+    widen: bool = True
 
     def apply(self, ctx: Context, module: Module) -> None:
         L = _loop()
@@ -1795,7 +1873,7 @@ class LowerToThumb(ModulePass):
             raise CompileError(f"loop_registers must be 0 (all) or at least 2, got {self.loop_registers}")
         for op in list(module.ops):
             if isinstance(op, L.Func):
-                new = lower_func(op, module, self.unroll, self.pack, self.loop_registers).func
+                new = lower_func(op, module, self.unroll, self.pack, self.loop_registers, self.widen).func
                 module.body.insert_before(op, new)
                 _erase_tree(module.body, op)
 
