@@ -165,6 +165,10 @@ CASES = [
     Case("conv1d_depthwise1d_channel_major_m2_f16", (1, 23, 3), lambda b, x, w: conv(
         L.DepthwiseConv1D, (3,), activation="relu", padding="same", depth_multiplier=2)(
         b, conv(L.Conv1D, (3,), 4, activation="relu")(b, x, w), w), f16=True),
+    # a 5-tap border: its bias run loads while the first product's add waits (runs drain products)
+    Case("conv1d_depthwise1d_k5_m2_same", (1, 12, 1), lambda b, x, w: conv(
+        L.DepthwiseConv1D, (5,), padding="same", depth_multiplier=2)(
+        b, conv(L.Conv1D, (2,), 8, activation="relu", padding="same")(b, x, w), w)),
     Case("conv2d_depthwise_channel_major_stride2", (1, 14, 14, 2), lambda b, x, w: conv(
         L.DepthwiseConv2D, (3, 3), strides=[2, 2], padding="same")(
         b, b.add(L.MaxPool2D, conv(L.Conv2D, (3, 3), 5)(b, x, w), name="p", pool_size=[1, 1],

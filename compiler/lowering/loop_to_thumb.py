@@ -467,6 +467,7 @@ class _Lowering:
         # computed addresses of this block's straight-line code: (buf, terms) -> (register, const)
         self.computed_scopes: list[dict[Any, tuple[Value, int]]] = []
         self.pending_fma: list[tuple[Operation, Value]] = []
+        self.draining = False                   # whether `_drain_fma` is emitting adds
         self.block_loop: Operation | None = None
         self.fresh: dict[int, Value] = {}       # id(acc) -> its init, for an acc not yet written
         self.run_pairs = True                   # whether two runs of weights may be live at once
@@ -1169,12 +1170,21 @@ class _Lowering:
             i = j
 
     def _drain_fma(self, keep: int) -> None:
-        while len(self.pending_fma) > keep:
-            op, prod = self.pending_fma.pop(0)
-            src, self.src = self.src, op
-            a, acc = self.acc_src(op.acc)
-            self.emit("vadd.f32", [a, prod], [acc.type])
-            self.src = src
+        """Emit the adds of the pending products, oldest first, until `keep` are left. An add that
+        starts an accumulator may load its initial value's run, and a run may drain the products
+        first (`drain_runs`): that inner drain is skipped, so the adds keep their order."""
+        if self.draining:
+            return
+        self.draining = True
+        try:
+            while len(self.pending_fma) > keep:
+                op, prod = self.pending_fma.pop(0)
+                src, self.src = self.src, op
+                a, acc = self.acc_src(op.acc)
+                self.emit("vadd.f32", [a, prod], [acc.type])
+                self.src = src
+        finally:
+            self.draining = False
 
     def _aligned(self, c: PtrClass, op: Operation) -> bool:
         """Whether pointer `c` is 4-aligned at access `op` (so f16 pairs can be loaded as words):
