@@ -352,7 +352,7 @@ def _refit(accesses: list[Operation], order: np.ndarray, K: int, segments: list[
     return out
 
 
-def loops_around(op: Operation) -> Iterator[Operation]:
+def _loops_around(op: Operation) -> Iterator[Operation]:
     """The loop.for ops around `op`, innermost first."""
     L = _loop()
     p = op.parent.parent.parent if op.parent is not None and op.parent.parent else None
@@ -361,9 +361,9 @@ def loops_around(op: Operation) -> Iterator[Operation]:
         p = p.parent.parent.parent if p.parent is not None and p.parent.parent else None
 
 
-def executions(op: Operation) -> int:
+def _executions(op: Operation) -> int:
     """How many times `op` runs per call: the product of the trip counts of the loops around it."""
-    return math.prod(f.trip_count for f in loops_around(op))
+    return math.prod(f.trip_count for f in _loops_around(op))
 
 
 def _free_offset(busy: list[tuple[int, int]], nbytes: int, size: int) -> int | None:
@@ -380,9 +380,10 @@ def widen_weights(func: Operation, min_uses: int = WIDEN_USES) -> set[int]:
     """Widen f16 weights once per call into arena bytes that no buffer holds during their kernel,
     when the kernel reads each weight at least `min_uses` times (a convolution's weights, once per
     tile of positions): each read is then an f32 word of a VLDM run instead of half a word plus
-    a VCVT, and the widening costs about 3.5 cycles a weight. The copy is a loop at the top of the
-    kernel (f16 words in VLDM runs, VCVTB/VCVTT, VSTR), reading the weights as packed; the arena
-    does not grow (weights that fit in no free range stay f16). Returns the ids of the f32 buffers.
+    a VCVT (about half a cycle saved), and the copy costs about 4.3 cycles a weight (a loop at the
+    top of the kernel: per 8 weights one VLDM of 4 words, 8 VCVTB/VCVTT and 8 VSTR). It reads the
+    weights as packed. The arena does not grow: weights that fit in no free range stay f16.
+    Returns the ids of the f32 buffers.
     """
     from ml4f.compiler.transforms.loop_passes import unroll
     from ml4f.compiler.transforms.plan_memory import liveness
@@ -400,7 +401,7 @@ def widen_weights(func: Operation, min_uses: int = WIDEN_USES) -> set[int]:
         for loads in reads.values():
             w = loads[0].buffer
             n = w.type.size
-            if sum(executions(op) for op in loads) < min_uses * n:
+            if sum(_executions(op) for op in loads) < min_uses * n:
                 continue
             off = _free_offset(busy, 4 * n, func.arena_size)
             if off is None:
@@ -645,7 +646,7 @@ class _Lowering:
                 self.flat_blocks.add(id(f.parent))
                 unroll(f, f.trip_count)
                 continue
-            runs = f.trip_count * executions(f)
+            runs = f.trip_count * _executions(f)
             factors = (self.unroll,) if self.unroll > 1 else (8, 4, 2)
             if self.unroll == 0 and runs * len(fmas) < UNROLL_MIN_MACS:
                 if len(inner) > 1:
@@ -724,7 +725,7 @@ class _Lowering:
         # weights are then read in one order everywhere and packed so (a step's taps in
         # consecutive words: no address arithmetic between its VLDMs), which saves the hot nest
         # more than sliding saves a border.
-        hot = max((t for t in nests if t[1] is not None), key=lambda t: executions(t[0][-1]),
+        hot = max((t for t in nests if t[1] is not None), key=lambda t: _executions(t[0][-1]),
                   default=None)
         walks = self._weight_walks(hot[0][-1], hot[1]) if hot is not None else set()
         if hot is None or hot[1] is hot[0][-1] or sum(
@@ -745,7 +746,7 @@ class _Lowering:
 
         def work(nest: list[Operation]) -> int:
             f = nest[-1]
-            return executions(f) * f.trip_count * sum(isinstance(o, L.AccFma) for o in f.body.block.ops)
+            return _executions(f) * f.trip_count * sum(isinstance(o, L.AccFma) for o in f.body.block.ops)
 
         # Worth it for a window of up to 3 taps when the hot nest does at least twice the work of
         # the nests that lose a sliding window to it (measured: ResNet-8's 3x3 convolutions gain
@@ -857,7 +858,7 @@ class _Lowering:
             f.attributes["lb"] = f.lb + f.step
             self.flat_blocks.add(id(block))
             if all(g is not f for g, _ in self.step_loops) and \
-                    (f.trip_count // 2) * executions(f) >= 2 * len(ops):
+                    (f.trip_count // 2) * _executions(f) >= 2 * len(ops):
                 # a jammed reduction (steps of several channels) that runs long: two steps per
                 # iteration halve its loop control, when that saves (4 cycles an iteration) at
                 # least a cycle per byte of the copies (about 8 bytes an op)
@@ -933,7 +934,7 @@ class _Lowering:
 
     def _depth(self, f: Operation) -> int:
         """How many loops nest loop `f`, itself included."""
-        return 1 + sum(1 for _ in loops_around(f))
+        return 1 + sum(1 for _ in _loops_around(f))
 
     def _key(self, op: Operation) -> tuple[GroupKey, int]:
         buf = self.bufs[id(op.buffer)]
@@ -963,7 +964,7 @@ class _Lowering:
         runs: Counter[int] = Counter()
         for op in k.walk():
             if id(op) in self.class_of:
-                runs[id(self.class_of[id(op)])] += executions(op)
+                runs[id(self.class_of[id(op)])] += _executions(op)
         limit = len(self.core_pool) - (1 if len(self.core_pool) > 8 else 0)
         if self.loop_registers:
             limit = min(limit, self.loop_registers)
@@ -1016,7 +1017,7 @@ class _Lowering:
 
     def _enclosing(self, op: Operation) -> list[int]:
         """ids of the loop.for ops around `op`."""
-        return [id(f) for f in loops_around(op)]
+        return [id(f) for f in _loops_around(op)]
 
     def _analyze(self, k: Operation) -> None:
         """Group accesses into pointer classes and find where values die (to free registers)."""
