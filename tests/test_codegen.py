@@ -456,7 +456,7 @@ def test_f16_weights_widened_once_into_free_arena(widen: bool) -> None:
     _, main = _main_loop(second)
     assert ("vcvt" in main) != widen, main
     top = second.split("bne", 1)[0]          # the kernel's first loop: the copy when widened
-    assert ("vcvtt" in top and "vstr" in top and "vmul" not in top) == widen, top
+    assert ("vcvtt" in top and "vstm" in top and "vmul" not in top) == widen, top
 
 
 @pytest.mark.parametrize("f16", [False, True], ids=["f32", "f16"])

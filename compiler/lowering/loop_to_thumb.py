@@ -1146,20 +1146,31 @@ class _Lowering:
         self.pending_fma, self.block_loop = outer
 
     def _flush_stores(self) -> None:
-        """Emit the deferred stores of accumulators: consecutive registers to consecutive words
-        off one base go out as one VSTM (1+N cycles instead of 2N), the others as VSTR. Bases
-        come in the order of their first store (not by object identity, which differs from run
-        to run: the same model must give the same bytes)."""
+        """Emit the deferred stores: accumulators in consecutive registers, or values the allocator
+        places (it then gives them consecutive registers), to consecutive words off one base go
+        out as one VSTM (1+N cycles instead of 2N), the others as VSTR. Bases come in the order of
+        their first store (not by object identity, which differs from run to run: the same model
+        must give the same bytes)."""
         first: dict[int, int] = {}
         for _, base, _ in self.pending_stores:
             first.setdefault(id(base), len(first))
         todo = sorted(self.pending_stores, key=lambda t: (first[id(t[1])], t[2]))
         self.pending_stores = []
+
+        def follows(j: int, i: int) -> bool:
+            """Whether store j can join the VSTM of stores i..j-1: the next word off the same base,
+            from the next register (an accumulator) or from a value the allocator places."""
+            (v, base, rel), (u, _, urel) = todo[j], todo[j - 1]
+            if base is not todo[i][1] or rel != urel + 4:
+                return False
+            if u.type.num is None:
+                return v.type.num is None and all(t[0] is not v for t in todo[i:j])
+            return v.type.num == u.type.num + 1
+
         i = 0
         while i < len(todo):
             j = i + 1
-            while j < len(todo) and todo[j][1] is todo[i][1] and todo[j][2] == todo[j - 1][2] + 4 \
-                    and todo[j][0].type.num == todo[j - 1][0].type.num + 1:
+            while j < len(todo) and follows(j, i):
                 j += 1
             n, (_, base, rel) = j - i, todo[i]
             if n >= 2 and rel == 0 or n >= 3 and 0 < rel:
@@ -1594,8 +1605,10 @@ class _Lowering:
             self.emit("str", [self.clamp_bits(op.value), base], offset=rel)
             return
         v = self.val(op.value)
-        if v.type.num is not None and id(op.value) in self.precolored:
-            # an accumulator: stored with its neighbours when the block moves on
+        if v.type.num is not None and id(op.value) in self.precolored or v.type.num is None and \
+                not any(isinstance(o, self.L.Load) and o.buffer is op.buffer for o in op.parent.ops):
+            # an accumulator, or a value the allocator places (its block reads nothing of that
+            # buffer): stored with its neighbours when the block moves on
             self.pending_stores.append((v, base, rel))
             return
         self._flush_stores()

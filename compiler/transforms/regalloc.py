@@ -430,11 +430,11 @@ class _Allocator:
                                and id(w) not in lists]
                 cands = [w for w in cands if id(w) not in self.spill_temps]
                 if not cands:
-                    # every register in conflict holds part of a VLDM's list, which is never
-                    # spilled: load the longest-lived one register by register, and start again
+                    # every register in conflict holds part of a VLDM's or VSTM's list, which is
+                    # never spilled: load or store the longest-lived one register by register,
+                    # and start again
                     held = [lists[id(w)] for n in order for w in owners.get((kind, n), [])
-                            if mask[id(w)] & m and id(w) in lists and w.op is not None
-                            and w.op.mnemonic == "vldm"]
+                            if mask[id(w)] & m and id(w) in lists and self._splittable(lists[id(w)])]
                     if held:
                         self.split_list(max(held, key=lambda g: mask[id(g[0])].bit_count()))
                         return []
@@ -494,7 +494,10 @@ class _Allocator:
         T, R = self.T, self.R
         op = group[0].op
         if op is None or op.mnemonic not in ("vldm", "vldr"):
-            raise self.func.error("no consecutive registers for a register list")
+            store = self._list_store(group)
+            if store is None:
+                raise self.func.error("no consecutive registers for a register list")
+            return self._split_store(store)
         block = self.func.body.block
         base = op.operands[0]
         at = block.ops.index(op)
@@ -510,6 +513,36 @@ class _Allocator:
             op.results[-1].replace_all_uses_with(wb.result)
         for r in op.results:
             r.uses.clear()
+        block.erase(op)
+        self.ops = block.ops
+
+    def _splittable(self, group: list[Value]) -> bool:
+        """Whether `group` is a VLDM's results or a VSTM's list (`split_list` takes either)."""
+        op = group[0].op
+        return getattr(op, "mnemonic", None) == "vldm" or self._list_store(group) is not None
+
+    def _list_store(self, group: list[Value]) -> Operation | None:
+        """The vstm whose register list is `group`, if any."""
+        ids = [id(v) for v in group]
+        for u, _ in group[0].uses:
+            if isinstance(u, self.T.ThumbOp) and u.mnemonic == "vstm" and \
+                    [id(self.root(v)) for v in u.operands[1:]] == ids:
+                return u
+        return None
+
+    def _split_store(self, op: Operation) -> None:
+        """Replace a vstm by one vstr per register (and an add for writeback)."""
+        T = self.T
+        block = self.func.body.block
+        base = op.operands[0]
+        at = block.ops.index(op)
+        n = len(op.operands) - 1
+        for k, v in enumerate(op.operands[1:]):
+            block.insert(at + k, T.OPS["vstr"]([v, base], [], {"offset": 4 * k} if k else {}, origin=op))
+        if op.writeback:
+            wb = T.OPS["add"]([base], [op.results[-1].type], {"imm": 4 * n}, origin=op)
+            block.insert(at + n, wb)
+            op.results[-1].replace_all_uses_with(wb.result)
         block.erase(op)
         self.ops = block.ops
 
