@@ -380,9 +380,9 @@ def widen_weights(func: Operation, min_uses: int = WIDEN_USES) -> set[int]:
     """Widen f16 weights once per call into arena bytes that no buffer holds during their kernel,
     when the kernel reads each weight at least `min_uses` times (a convolution's weights, once per
     tile of positions): each read is then an f32 word of a VLDM run instead of half a word plus
-    a VCVT (about half a cycle saved), and the copy costs about 4.3 cycles a weight (a loop at the
-    top of the kernel: per 8 weights one VLDM of 4 words, 8 VCVTB/VCVTT and 8 VSTR). It reads the
-    weights as packed. The arena does not grow: weights that fit in no free range stay f16.
+    a VCVT (about half a cycle saved), and the copy costs about 3.4 cycles a weight (a loop at the
+    top of the kernel: per 8 weights one VLDM of 4 words, 8 VCVTB/VCVTT and one VSTM). It reads
+    the weights as packed. The arena does not grow: weights that fit in no free range stay f16.
     Returns the ids of the f32 buffers.
     """
     from ml4f.compiler.transforms.loop_passes import unroll
