@@ -490,7 +490,8 @@ class _Allocator:
 
     def split_list(self, group: list[Value]) -> None:
         """Replace the vldm (or D register vldr) defining `group` by one vldr per register (and an
-        add for writeback), when no run of free consecutive registers exists."""
+        add for writeback), or the vstm storing it by one vstr per register, when no run of free
+        consecutive registers exists."""
         T, R = self.T, self.R
         op = group[0].op
         if op is None or op.mnemonic not in ("vldm", "vldr"):
@@ -522,12 +523,12 @@ class _Allocator:
         return getattr(op, "mnemonic", None) == "vldm" or self._list_store(group) is not None
 
     def _list_store(self, group: list[Value]) -> Operation | None:
-        """The vstm whose register list is `group`, if any."""
+        """The vstm whose register list is `group` (values or the values they were merged into)."""
         ids = [id(v) for v in group]
-        for u, _ in group[0].uses:
-            if isinstance(u, self.T.ThumbOp) and u.mnemonic == "vstm" and \
-                    [id(self.root(v)) for v in u.operands[1:]] == ids:
-                return u
+        for op in self.ops:
+            if isinstance(op, self.T.ThumbOp) and op.mnemonic == "vstm" and \
+                    [id(self.root(v)) for v in op.operands[1:]] == ids:
+                return op
         return None
 
     def _split_store(self, op: Operation) -> None:
