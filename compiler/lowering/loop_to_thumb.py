@@ -366,16 +366,6 @@ def _executions(op: Operation) -> int:
     return math.prod(f.trip_count for f in _loops_around(op))
 
 
-def _free_offset(busy: list[tuple[int, int]], nbytes: int, size: int) -> int | None:
-    """The lowest word-aligned offset of `nbytes` in [0, size) that overlaps no busy range."""
-    off = 0
-    for lo, hi in sorted(busy):
-        if off + nbytes <= lo:
-            break
-        off = max(off, -(-hi // 4) * 4)
-    return off if off + nbytes <= size else None
-
-
 def widen_weights(func: Operation, min_uses: int = WIDEN_USES) -> set[int]:
     """Widen f16 weights once per call into arena bytes that no buffer holds during their kernel,
     when the kernel reads each weight at least `min_uses` times (a convolution's weights, once per
@@ -386,7 +376,7 @@ def widen_weights(func: Operation, min_uses: int = WIDEN_USES) -> set[int]:
     Returns the ids of the f32 buffers.
     """
     from ml4f.compiler.transforms.loop_passes import unroll
-    from ml4f.compiler.transforms.plan_memory import liveness
+    from ml4f.compiler.transforms.plan_memory import Interval, fit, liveness
     L = _loop()
     live = liveness(func)
     allocs = func.allocs
@@ -403,7 +393,7 @@ def widen_weights(func: Operation, min_uses: int = WIDEN_USES) -> set[int]:
             n = w.type.size
             if sum(_executions(op) for op in loads) < min_uses * n:
                 continue
-            off = _free_offset(busy, 4 * n, func.arena_size)
+            off = fit(Interval(4 * n, t, t), busy, func.arena_size)   # the lowest free range
             if off is None:
                 continue
             busy.append((off, off + 4 * n))

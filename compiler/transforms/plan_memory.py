@@ -41,7 +41,7 @@ class Interval:
         return self.start <= other.end and other.start <= self.end
 
 
-def _fit(iv: Interval, busy: list[tuple[int, int]], cap: int | None, top: bool) -> int | None:
+def fit(iv: Interval, busy: list[tuple[int, int]], cap: int | None, top: bool = False) -> int | None:
     """The lowest (or, with `top`, highest below `cap`) offset where `iv` avoids `busy` ranges."""
     if not top:
         off = 0
@@ -73,9 +73,9 @@ def _greedy(intervals: Sequence[Interval], order: list[int], cap: int | None,
             # ping-pong plan would, but packed to the lower bound.
             last = max(live, key=lambda j: (intervals[j].start, j))
             top = offsets[last] + intervals[last].size / 2 < cap / 2
-        off = _fit(iv, busy, cap, top)
+        off = fit(iv, busy, cap, top)
         if off is None:
-            off = _fit(iv, busy, cap, not top) if cap is not None else None
+            off = fit(iv, busy, cap, not top) if cap is not None else None
         if off is None:
             return None
         offsets[i] = off

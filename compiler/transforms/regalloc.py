@@ -508,10 +508,7 @@ class _Allocator:
             ld = T.OPS["vldr"]([base], [R.SRegType(v.type.num)], {"offset": off} if off else {}, origin=op)
             block.insert(self._late(block, at + k, base, v) if op.mnemonic == "vldr" else at + k, ld)
             v.replace_all_uses_with(ld.result)
-        if op.writeback:
-            wb = T.OPS["add"]([base], [op.results[-1].type], {"imm": 4 * n}, origin=op)
-            block.insert(at + n, wb)
-            op.results[-1].replace_all_uses_with(wb.result)
+        self._writeback_add(op, at + n, n)
         for r in op.results:
             r.uses.clear()
         block.erase(op)
@@ -540,12 +537,16 @@ class _Allocator:
         n = len(op.operands) - 1
         for k, v in enumerate(op.operands[1:]):
             block.insert(at + k, T.OPS["vstr"]([v, base], [], {"offset": 4 * k} if k else {}, origin=op))
-        if op.writeback:
-            wb = T.OPS["add"]([base], [op.results[-1].type], {"imm": 4 * n}, origin=op)
-            block.insert(at + n, wb)
-            op.results[-1].replace_all_uses_with(wb.result)
+        self._writeback_add(op, at + n, n)
         block.erase(op)
         self.ops = block.ops
+
+    def _writeback_add(self, op: Operation, at: int, n: int) -> None:
+        """For a split vldm/vstm that wrote its base back: the add of its n words, at `at`."""
+        if op.writeback:
+            wb = self.T.OPS["add"]([op.operands[0]], [op.results[-1].type], {"imm": 4 * n}, origin=op)
+            self.func.body.block.insert(at, wb)
+            op.results[-1].replace_all_uses_with(wb.result)
 
     def _late(self, block: Block, at: int, base: Value, v: Value) -> int:
         """Where a word of a split D register load may go: just before the first use of `v`, so
